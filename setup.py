@@ -1,0 +1,59 @@
+"""HotClicks: email click tracking as an SMTP relay plus a Flask extension."""
+
+from setuptools import setup
+
+setup(
+    name="hotclicks",
+    version="0.1.0",
+    description=(
+        "Email click tracking: an SMTP relay that rewrites links into signed tracked links, "
+        "and a Flask extension with the redirect routes and the hot clicks report."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=[
+        "hotclicks",
+        "hotclicks.migrations",
+        "hotclicks.migrations.versions",
+        "flask_hotclicks",
+        "smtp_relay",
+    ],
+    # The Alembic lineage lives at the top level of the repository (the design's layout) and is
+    # shipped inside the core package so both halves can migrate an installed database.
+    package_dir={"hotclicks.migrations": "migrations"},
+    package_data={
+        "hotclicks": ["py.typed"],
+        "hotclicks.migrations": ["script.py.mako", "alembic.ini"],
+        "flask_hotclicks": ["py.typed", "templates/hotclicks/*.html", "static/hotclicks/*"],
+        "smtp_relay": ["py.typed"],
+    },
+    install_requires=[
+        "flask>=3.0",
+        "aiosmtpd>=1.4.4",
+        "aiosmtplib>=3.0",
+        "sqlalchemy>=2.0.30",
+        "alembic>=1.13",
+        "beautifulsoup4>=4.12",
+    ],
+    extras_require={
+        "postgresql": ["psycopg[binary]>=3.1"],
+        "dkim": ["dkimpy>=1.1"],
+        "test": [
+            "pytest>=8.0",
+            "hypothesis>=6.100",
+            "psycopg[binary]>=3.1",
+            "dkimpy>=1.1",
+            "playwright>=1.45",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["hotclicks-relay = smtp_relay.cli:main"],
+        "flask.commands": ["hotclicks = flask_hotclicks.cli:hotclicks_cli"],
+    },
+    classifiers=[
+        "Framework :: Flask",
+        "Programming Language :: Python :: 3",
+        "Topic :: Communications :: Email",
+    ],
+)
