@@ -108,6 +108,8 @@ class TokenSigner:
                 raise ValueError("a click token names its tracked URL")
             payload += _encode_varint(token.tracked_url_id)
             if token.url is not None:
+                if not token.url:
+                    raise ValueError("a personalized URL cannot be empty")
                 payload += token.url.encode("utf-8")
         raw = bytes(payload) + self._tag(self._keys[0], bytes(payload))
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
