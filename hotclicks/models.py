@@ -187,6 +187,8 @@ class Recipient(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     address: Mapped[str] = mapped_column(String(320), unique=True)
     external_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    #: The recipient asked not to be tracked: their clicks still count, but anonymously.
+    tracking_opt_out: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -232,13 +234,17 @@ class Message(Base):
 
 
 class Click(Base):
-    """A click on a tracked link, by a person or, flagged as such, by a machine."""
+    """A click on a tracked link, by a person or, flagged as such, by a machine.
+
+    ``message_id`` is None for the clicks of a recipient who opted out of tracking: the link's
+    figures count them, nobody's history shows them.
+    """
 
     __tablename__ = "hotclicks_click"
     __table_args__ = (Index("ix_hotclicks_click_tracked_url_id_message_id", "tracked_url_id", "message_id"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    message_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_message.id"), index=True)
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("hotclicks_message.id"), index=True)
     tracked_url_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_tracked_url.id"))
     clicked_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     user_agent: Mapped[str | None] = mapped_column(String(500))
@@ -285,3 +291,34 @@ class TestProfile(Base):
     address: Mapped[str] = mapped_column(String(320), unique=True)
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class RelayIncident(Base):
+    """Something the relay did that an operator should be able to look up later.
+
+    A message forwarded unchanged because it could not be parsed, a DKIM-signed message left
+    alone or re-signed, a copy given up after its retries: one row each, with the reason.
+    """
+
+    __tablename__ = "hotclicks_relay_incident"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    reason: Mapped[str] = mapped_column(Text)
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("hotclicks_message.id"))
+    message_id_header: Mapped[str | None] = mapped_column(String(998))
+    mail_from: Mapped[str | None] = mapped_column(String(320))
+    recipients: Mapped[str | None] = mapped_column(Text)
+
+
+class RelayCounter(Base):
+    """Per-day counts of what the relay saw but did not track (untracked messages, ...)."""
+
+    __tablename__ = "hotclicks_relay_counter"
+    __table_args__ = (UniqueConstraint("day", "name"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    day: Mapped[str] = mapped_column(String(10))  #: YYYY-MM-DD, UTC
+    name: Mapped[str] = mapped_column(String(40))
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -30,6 +30,7 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('address', sa.String(length=320), nullable=False),
     sa.Column('external_id', sa.String(length=200), nullable=True),
+    sa.Column('tracking_opt_out', sa.Boolean(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_hotclicks_recipient')),
     sa.UniqueConstraint('address', name=op.f('uq_hotclicks_recipient_address'))
@@ -37,6 +38,14 @@ def upgrade() -> None:
     with op.batch_alter_table('hotclicks_recipient', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_hotclicks_recipient_external_id'), ['external_id'], unique=False)
 
+    op.create_table('hotclicks_relay_counter',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('day', sa.String(length=10), nullable=False),
+    sa.Column('name', sa.String(length=40), nullable=False),
+    sa.Column('value', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_hotclicks_relay_counter')),
+    sa.UniqueConstraint('day', 'name', name=op.f('uq_hotclicks_relay_counter_day_name'))
+    )
     op.create_table('hotclicks_test_profile',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
@@ -119,7 +128,7 @@ def upgrade() -> None:
 
     op.create_table('hotclicks_click',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('message_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('message_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('tracked_url_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('clicked_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('user_agent', sa.String(length=500), nullable=True),
@@ -162,9 +171,28 @@ def upgrade() -> None:
     with op.batch_alter_table('hotclicks_opt_out', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_hotclicks_opt_out_recipient_id'), ['recipient_id'], unique=False)
 
+    op.create_table('hotclicks_relay_incident',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('kind', sa.String(length=40), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('message_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('message_id_header', sa.String(length=998), nullable=True),
+    sa.Column('mail_from', sa.String(length=320), nullable=True),
+    sa.Column('recipients', sa.Text(), nullable=True),
+    sa.ForeignKeyConstraint(['message_id'], ['hotclicks_message.id'], name=op.f('fk_hotclicks_relay_incident_message_id_hotclicks_message')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_hotclicks_relay_incident'))
+    )
+    with op.batch_alter_table('hotclicks_relay_incident', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_hotclicks_relay_incident_at'), ['at'], unique=False)
+
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('hotclicks_relay_incident', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_hotclicks_relay_incident_at'))
+
+    op.drop_table('hotclicks_relay_incident')
     with op.batch_alter_table('hotclicks_opt_out', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_hotclicks_opt_out_recipient_id'))
 
@@ -196,6 +224,7 @@ def downgrade() -> None:
 
     op.drop_table('hotclicks_execution')
     op.drop_table('hotclicks_test_profile')
+    op.drop_table('hotclicks_relay_counter')
     with op.batch_alter_table('hotclicks_recipient', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_hotclicks_recipient_external_id'))
 
