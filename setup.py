@@ -25,7 +25,7 @@ setup(
     package_data={
         "hotclicks": ["py.typed"],
         "hotclicks.migrations": ["script.py.mako", "alembic.ini"],
-        "flask_hotclicks": ["py.typed", "templates/hotclicks/*.html", "static/hotclicks/*"],
+        "flask_hotclicks": ["py.typed", "templates/hotclicks/*.html"],
         "smtp_relay": ["py.typed"],
     },
     install_requires=[
@@ -49,7 +49,6 @@ setup(
     },
     entry_points={
         "console_scripts": ["hotclicks-relay = smtp_relay.cli:main"],
-        "flask.commands": ["hotclicks = flask_hotclicks.cli:hotclicks_cli"],
     },
     classifiers=[
         "Framework :: Flask",
