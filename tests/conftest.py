@@ -64,3 +64,124 @@ def engine(database_url: str) -> Iterator[Engine]:
     db.upgrade(engine)
     yield engine
     engine.dispose()
+
+
+# -- servers --------------------------------------------------------------------------------------
+
+from dataclasses import dataclass, field  # noqa: E402
+
+from aiosmtpd.controller import Controller  # noqa: E402
+from aiosmtpd.smtp import SMTP  # noqa: E402
+from flask import Flask  # noqa: E402
+
+from flask_hotclicks import HotClicks  # noqa: E402
+from smtp_relay import RelayConfig, RelayController  # noqa: E402
+
+from .helpers import BASE_URL  # noqa: E402
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+
+@dataclass
+class SinkHandler:
+    """An upstream mail server that keeps every message as the exact bytes it received."""
+
+    messages: list[Received] = field(default_factory=list)
+    #: When set, the reply given to DATA instead of accepting.
+    reply: str | None = None
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        if self.reply is not None:
+            return self.reply
+        self.messages.append(
+            Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+        )
+        return "250 2.0.0 OK: queued"
+
+
+class _LongLinesSMTP(SMTP):
+    line_length_limit = 256 * 1024
+
+
+class Upstream(Controller):
+    """An aiosmtpd sink on a free port of 127.0.0.1 that a test can stop or make refuse mail."""
+
+    def __init__(self) -> None:
+        self.sink = SinkHandler()
+        super().__init__(self.sink, hostname="127.0.0.1", port=free_port(), decode_data=False)
+        self._running = False
+
+    def factory(self) -> SMTP:
+        return _LongLinesSMTP(self.handler, **self.SMTP_kwargs)
+
+    @property
+    def messages(self) -> list[Received]:
+        return self.sink.messages
+
+    def start(self) -> None:
+        super().start()
+        self._running = True
+
+    def stop(self, no_assert: bool = False) -> None:
+        if self._running:
+            self._running = False
+            super().stop(no_assert)
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    server = Upstream()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def relay_config(database_url: str, upstream: Upstream) -> RelayConfig:
+    return RelayConfig(
+        listen=("127.0.0.1", free_port()),
+        upstream=(upstream.hostname, upstream.port),
+        database_url=database_url,
+        base_url=BASE_URL,
+        secret_key=SECRET_KEY,
+        upstream_timeout=10,
+        hostname="relay.test",
+    )
+
+
+@pytest.fixture
+def relay(engine: Engine, relay_config: RelayConfig) -> Iterator[RelayController]:
+    controller = RelayController(relay_config)
+    controller.start()
+    yield controller
+    controller.stop()
+    controller.handler.processor.sessions.kw["bind"].dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine):
+    return db.session_factory(engine)
+
+
+@pytest.fixture
+def app(engine: Engine, database_url: str) -> Iterator[Flask]:
+    app = Flask("hotclicks_test_app")
+    app.config.update(
+        TESTING=True,
+        HOTCLICKS_DATABASE_URL=database_url,
+        HOTCLICKS_SECRET_KEY=SECRET_KEY,
+        HOTCLICKS_BASE_URL=BASE_URL,
+    )
+    HotClicks(app)
+    yield app
+    app.extensions["hotclicks"].engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask):
+    return app.test_client()

@@ -1,0 +1,74 @@
+"""Test material shared by several test modules: a newsletter and ways to read what was forwarded."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+
+#: Where the tests' Flask app serves the tracking routes, as the relay is told.
+BASE_URL = "http://hotclicks.test/t"
+
+#: The targets of the newsletter's tracked HTML links, in document order (entities decoded).
+NEWSLETTER_LINKS = [
+    "https://shop.example/sale?utm_source=news&utm_medium=email",
+    "https://blog.example/spring",
+    "https://shop.example/account",
+]
+#: The same hrefs as written in the HTML.
+NEWSLETTER_HREFS = [
+    "https://shop.example/sale?utm_source=news&amp;utm_medium=email",
+    "https://blog.example/spring",
+    "https://shop.example/account",
+]
+#: The tracked link of the text part.
+TEXT_LINK = "https://shop.example/spring"
+
+_TRACKED = re.compile(re.escape(BASE_URL) + r"/c/[A-Za-z0-9_-]+")
+
+
+def newsletter(delivery: str = "spring-news", extra_headers: str = "") -> bytes:
+    """A multipart/alternative newsletter as a sender writes it, with CRLF line endings."""
+    text = f"""From: Shop <news@shop.example>
+To: subscribers@shop.example
+Subject: Spring news
+Message-ID: <spring-1@shop.example>
+MIME-Version: 1.0
+X-HotClicks-Delivery: {delivery}
+{extra_headers}Content-Type: multipart/alternative; boundary="==b1=="
+
+This is a multi-part message in MIME format.
+
+--==b1==
+Content-Type: text/plain; charset="utf-8"
+Content-Transfer-Encoding: 7bit
+
+Spring is here. Shop now: {TEXT_LINK}.
+Write to help@shop.example if you need us.
+
+--==b1==
+Content-Type: text/html; charset="utf-8"
+Content-Transfer-Encoding: 7bit
+
+<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Spring</title></head>
+<body   style="margin:0">
+<!-- hero: <a href="https://not.a.link/in/a/comment">x</a> -->
+<p><a class="btn" href="{NEWSLETTER_HREFS[0]}" >Shop the spring sale</a></p>
+<p>Read <A HREF='{NEWSLETTER_HREFS[1]}'>our story</A>.</p>
+<p><a href="mailto:help@shop.example">Write to us</a> &middot; <a href="{NEWSLETTER_HREFS[2]}"><img src="https://shop.example/me.png" alt="Your account"></a></p>
+</body></html>
+
+--==b1==--
+"""
+    return text.replace("\n", "\r\n").encode()
+
+
+def tracked_hrefs(data: bytes, part: str | None = None) -> list[str]:
+    """The tracked links of a forwarded message, in order: of one part ("html"/"plain") or all."""
+    if part is None:
+        return _TRACKED.findall(data.decode("utf-8", "replace"))
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    body = message.get_body(preferencelist=(part,))
+    assert body is not None, f"no text/{part} part"
+    return _TRACKED.findall(body.get_content())
