@@ -58,11 +58,13 @@ class RelayController(Controller):
 
     def __init__(self, config: RelayConfig, handler: RelayHandler | None = None) -> None:
         self.config = config
+        kwargs = smtp_kwargs(config)
         super().__init__(
             handler or build_handler(config),
             hostname=config.listen[0],
             port=config.listen[1],
-            **smtp_kwargs(config),
+            server_hostname=kwargs.pop("hostname"),
+            **kwargs,
         )
 
     def factory(self) -> RelaySMTP:
