@@ -1,19 +1,59 @@
-"""``flask hotclicks ...``: each command one call into the core, errors turned into exit codes here."""
+"""``flask hotclicks ...``: each command one call into the core, errors turned into exit codes here.
+
+==========================================  ==================================================
+``db upgrade`` / ``db current``             migrate the schema / show its revision
+``profiles list|add|edit|delete``           manage test profiles
+``stats DELIVERY``                          the tracking statistics of a delivery, as a table
+``purge --older-than 400d``                 delete old clicks and opens (never tracked URLs)
+``sign-url --message ID --tracked-url ID``  print a signed click link, for debugging
+==========================================  ==================================================
+"""
 
 from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from hotclicks import db
+from hotclicks import db, links, store
+from hotclicks.errors import HotClicksError
+from hotclicks.models import utcnow
 
-from .extension import get_state
+from .extension import HotClicksState, get_state
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _state() -> HotClicksState:
+    return get_state(current_app._get_current_object())  # type: ignore[attr-defined]
+
+
+def _command(function: F) -> F:
+    """The one boundary where HotClicks' errors become a message and exit code 1."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except HotClicksError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return with_appcontext(wrapper)  # type: ignore[return-value]
 
 
 @click.group("hotclicks", help="HotClicks: email click tracking.")
 def hotclicks_cli() -> None:
     pass
+
+
+# -- db ------------------------------------------------------------------------------------------
 
 
 @hotclicks_cli.group("db", help="Manage the HotClicks database schema.")
@@ -22,15 +62,204 @@ def db_group() -> None:
 
 
 @db_group.command("upgrade", help="Create the tables or migrate them to the newest revision.")
-@with_appcontext
+@_command
 def db_upgrade() -> None:
-    engine = get_state(current_app._get_current_object()).engine  # type: ignore[attr-defined]
+    engine = _state().engine
     db.upgrade(engine)
     click.echo(f"database at revision {db.current_revision(engine)} (head)")
 
 
 @db_group.command("current", help="Show the revision the database is at.")
-@with_appcontext
+@_command
 def db_current() -> None:
-    engine = get_state(current_app._get_current_object()).engine  # type: ignore[attr-defined]
-    click.echo(db.current_revision(engine) or "none (run 'flask hotclicks db upgrade')")
+    click.echo(db.current_revision(_state().engine) or "none (run 'flask hotclicks db upgrade')")
+
+
+# -- profiles ------------------------------------------------------------------------------------
+
+
+def _attributes(values: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a VALUE that is JSON (a number, true, a list...) is read as such."""
+    attributes: dict[str, Any] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--attr")
+        try:
+            attributes[key.strip()] = json.loads(value)
+        except ValueError:
+            attributes[key.strip()] = value
+    return attributes
+
+
+@hotclicks_cli.group("profiles", help="Manage test profiles (named kinds of recipient).")
+def profiles_group() -> None:
+    pass
+
+
+@profiles_group.command("list", help="List the test profiles.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_command
+def profiles_list(as_json: bool) -> None:
+    with _state().sessions() as session:
+        profiles = store.list_profiles(session)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [{"id": p.id, "name": p.name, "address": p.address, "attributes": p.attributes} for p in profiles],
+                indent=2,
+            )
+        )
+        return
+    if not profiles:
+        click.echo("no test profiles (add one with 'flask hotclicks profiles add NAME ADDRESS')")
+        return
+    _table(
+        ["id", "name", "address", "attributes"],
+        [[p.id, p.name, p.address, json.dumps(p.attributes, sort_keys=True)] for p in profiles],
+    )
+
+
+@profiles_group.command("add", help="Create a test profile.")
+@click.argument("name")
+@click.argument("address")
+@click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="An attribute (repeatable).")
+@_command
+def profiles_add(name: str, address: str, attrs: tuple[str, ...]) -> None:
+    with _state().sessions.begin() as session:
+        profile = store.create_profile(session, name, address, _attributes(attrs))
+        click.echo(f"created test profile {profile.name} ({profile.address}), id {profile.id}")
+
+
+@profiles_group.command("edit", help="Change a test profile (given by name or id).")
+@click.argument("profile")
+@click.option("--name", help="A new name.")
+@click.option("--address", help="A new address.")
+@click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="Set an attribute (repeatable).")
+@click.option("--remove", multiple=True, metavar="KEY", help="Remove an attribute (repeatable).")
+@_command
+def profiles_edit(
+    profile: str, name: str | None, address: str | None, attrs: tuple[str, ...], remove: tuple[str, ...]
+) -> None:
+    with _state().sessions.begin() as session:
+        changed = store.update_profile(
+            session, profile, name=name, address=address, attributes=_attributes(attrs), remove=remove
+        )
+        click.echo(f"updated test profile {changed.name} ({changed.address})")
+
+
+@profiles_group.command("delete", help="Delete a test profile (given by name or id).")
+@click.argument("profile")
+@_command
+def profiles_delete(profile: str) -> None:
+    with _state().sessions.begin() as session:
+        store.delete_profile(session, profile)
+    click.echo(f"deleted test profile {profile}")
+
+
+# -- stats, purge, sign-url ------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(width) if cell.replace(".", "", 1).replace("%", "").isdigit() else cell.ljust(width)
+            for cell, width in zip(row, widths)
+        ).rstrip()
+
+    click.echo(line(cells[0]))
+    click.echo("  ".join("-" * w for w in widths))
+    for row in cells[1:]:
+        click.echo(line(row))
+
+
+@hotclicks_cli.command("stats", help="Tracking statistics of a delivery, one line per execution.")
+@click.argument("delivery")
+@_command
+def stats(delivery: str) -> None:
+    with _state().sessions() as session:
+        lines = store.delivery_stats(session, delivery)
+    if lines is None:
+        raise click.ClickException(f"no delivery {delivery!r}")
+    if not lines:
+        click.echo(f"delivery {delivery} has no execution yet")
+        return
+    _table(
+        ["execution", "started", "sent", "delivered", "failed", "opens", "clicks", "unique",
+         "reactivity", "opt-outs", "bot clicks"],
+        [
+            [
+                s.execution.id,
+                s.execution.started_at.strftime("%Y-%m-%d %H:%M"),
+                s.sent,
+                s.delivered,
+                s.failed,
+                s.opens,
+                s.clicks,
+                s.unique_clickers,
+                f"{s.reactivity:.1f}%",
+                s.opt_outs,
+                s.machine_clicks,
+            ]
+            for s in lines
+        ],
+    )
+
+
+_AGE = re.compile(r"^\s*(\d+)\s*([dhw]?)\s*$")
+
+
+def parse_age(value: str) -> dt.timedelta:
+    """``400d``, ``12w``, ``36h`` or a number of days."""
+    match = _AGE.match(value)
+    if match is None:
+        raise click.BadParameter(f"{value!r} is not an age like 400d, 12w or 36h", param_hint="--older-than")
+    amount, unit = int(match.group(1)), match.group(2) or "d"
+    return {"d": dt.timedelta(days=amount), "w": dt.timedelta(weeks=amount), "h": dt.timedelta(hours=amount)}[unit]
+
+
+@hotclicks_cli.command("purge", help="Delete clicks and opens older than an age; tracked URLs stay, so old links keep working.")
+@click.option("--older-than", "older_than", required=True, metavar="AGE", help="Like 400d, 12w or 36h.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_command
+def purge(older_than: str, yes: bool) -> None:
+    before = utcnow() - parse_age(older_than)
+    if not yes:
+        click.confirm(f"Delete clicks and opens from before {before:%Y-%m-%d %H:%M} UTC?", abort=True)
+    with _state().sessions.begin() as session:
+        counts = store.purge_events(session, before)
+    click.echo(", ".join(f"{n} {what}" for what, n in counts.items()) + " deleted")
+
+
+@hotclicks_cli.command("sign-url", help="Print a signed click link (or open/unsubscribe link), for debugging.")
+@click.option("--message", "message_id", type=int, help="The message's id.")
+@click.option("--tracked-url", "tracked_url_id", type=int, help="The tracked URL's id (click links).")
+@click.option("--url", help="A personalized target for this recipient (click links).")
+@click.option("--kind", type=click.Choice(["click", "open", "unsubscribe", "tracking-opt-out"]), default="click")
+@click.option("--decode", "token_to_decode", metavar="TOKEN", help="Decode TOKEN instead and print what it stands for.")
+@_command
+def sign_url(
+    message_id: int | None, tracked_url_id: int | None, url: str | None, kind: str, token_to_decode: str | None
+) -> None:
+    state = _state()
+    base = (current_app.config["HOTCLICKS_BASE_URL"] or current_app.config["HOTCLICKS_TRACKING_PREFIX"])
+    if token_to_decode:
+        token = state.signer.unsign(token_to_decode)
+        click.echo(f"kind={token.kind.name.lower()} message={token.message_id} "
+                   f"tracked_url={token.tracked_url_id} url={token.url}")
+        return
+    if message_id is None:
+        raise click.UsageError("give --message ID (or --decode TOKEN)")
+    if kind == "click":
+        if tracked_url_id is None:
+            raise click.UsageError("a click link needs --tracked-url")
+        click.echo(links.click_url(state.signer, base, message_id, tracked_url_id, url))
+    elif kind == "open":
+        click.echo(links.open_url(state.signer, base, message_id))
+    elif kind == "unsubscribe":
+        click.echo(links.unsubscribe_url(state.signer, base, message_id))
+    else:
+        click.echo(links.tracking_opt_out_url(state.signer, base, message_id))

@@ -2,36 +2,93 @@
 
 from __future__ import annotations
 
+import atexit
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import Flask
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from hotclicks import db
+from hotclicks.bots import BotRules
 from hotclicks.errors import ConfigurationError
+from hotclicks.journal import EventJournal, replay_orphans
 from hotclicks.tokens import TokenSigner
 
-#: Every setting of the extension with its default: the one place they are defined.
+if TYPE_CHECKING:
+    from hotclicks.models import TestProfile
+
+log = logging.getLogger("flask_hotclicks")
+
+#: Every setting of the extension with its default: the one place they are defined. Each is
+#: read once, in ``init_app``; docs/flask-extension.md has the same list with more words.
 DEFAULT_CONFIG: dict[str, Any] = {
-    # SQLAlchemy URL of the database shared with the relay.
+    # SQLAlchemy URL of the database shared with the relay (SQLite or postgresql://).
     "HOTCLICKS_DATABASE_URL": db.DEFAULT_DATABASE_URL,
-    # Key that signs tracking links; the relay must be given the same one. Required.
+    # True: use the engine of the host app's Flask-SQLAlchemy instead of HOTCLICKS_DATABASE_URL.
+    "HOTCLICKS_USE_FLASK_SQLALCHEMY": False,
+    # The Flask-SQLAlchemy bind key whose engine is used (None: the default bind).
+    "HOTCLICKS_FLASK_SQLALCHEMY_BIND": None,
+    # Key that signs tracking links; the relay must be given the same. None: the app's SECRET_KEY.
     "HOTCLICKS_SECRET_KEY": None,
-    # Older keys still accepted after a rotation, newest first.
+    # Older keys still accepted after a rotation, newest first (with SECRET_KEY as the key, the
+    # app's SECRET_KEY_FALLBACKS are used as well).
     "HOTCLICKS_SECRET_KEY_FALLBACKS": [],
     # Public URL of the tracking routes, as given to the relay's --base-url. Its path is where
     # the routes are mounted; unset, they are mounted at HOTCLICKS_TRACKING_PREFIX.
     "HOTCLICKS_BASE_URL": None,
+    # Where the tracking routes are mounted when HOTCLICKS_BASE_URL is unset.
     "HOTCLICKS_TRACKING_PREFIX": "/t",
     # Where the reports blueprint (pages and /api) is mounted.
     "HOTCLICKS_REPORT_PREFIX": "/hotclicks",
+    # Query parameters that identify a recipient: the list the relay is given. The reports show
+    # URLs without them (state.personal_params).
+    "HOTCLICKS_PERSONAL_PARAMS": [],
+    # Domains the relay leaves untracked: the list the relay is given (state.excluded_domains).
+    "HOTCLICKS_EXCLUDED_DOMAINS": [],
+    # A click this many seconds or less after its message was delivered is a scanner's (0: off).
+    "HOTCLICKS_BOT_DELIVERY_SECONDS": 5.0,
+    # Clicks on HOTCLICKS_BOT_BURST_LINKS different links of one message within this many
+    # seconds are a scanner's (0: off).
+    "HOTCLICKS_BOT_BURST_SECONDS": 1.0,
+    "HOTCLICKS_BOT_BURST_LINKS": 2,
+    # A click on the hidden trap link marks the message's clicks this many seconds around it.
+    "HOTCLICKS_BOT_TRAP_SECONDS": 10.0,
+    # More user agents (regular expressions, case-insensitive) to count as machines.
+    "HOTCLICKS_BOT_USER_AGENTS": [],
+    # Count Apple Mail Privacy Protection's proxy opens as machine opens.
+    "HOTCLICKS_BOT_APPLE_MPP_OPENS": True,
+    # Store IP addresses truncated (IPv4 /24, IPv6 /48); False keeps them whole.
+    "HOTCLICKS_ANONYMIZE_IP": True,
+    # Store IP addresses at all.
+    "HOTCLICKS_STORE_IP": True,
+    # Store user agents.
+    "HOTCLICKS_STORE_USER_AGENT": True,
+    # A directory for the write-ahead journal of clicks and opens: the redirect is answered once
+    # the click is in the journal and a thread commits in batches (much faster). None: every
+    # click is committed before its redirect.
+    "HOTCLICKS_JOURNAL_DIR": None,
+    # With the journal: fdatasync each event before answering (survives power loss, slower).
+    "HOTCLICKS_JOURNAL_FSYNC": False,
+    # With the journal: longest wait, in seconds, before appended events are committed.
+    "HOTCLICKS_JOURNAL_INTERVAL": 0.05,
+    # Check at start that the database schema is at the newest revision.
+    "HOTCLICKS_CHECK_SCHEMA": False,
 }
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a preview renderer returns: a delivery's content as one profile would receive it."""
+
+    html: str | None = None
+    text: str | None = None
 
 
 @dataclass
@@ -42,8 +99,26 @@ class HotClicksState:
     engine: Engine
     sessions: sessionmaker[Session]
     signer: TokenSigner
+    rules: BotRules = field(default_factory=BotRules)
+    #: Settings the routes read on every request, read once from the config.
+    anonymize_ip: bool = True
+    store_ip: bool = True
+    store_user_agent: bool = True
+    #: The journal of clicks and opens, when HOTCLICKS_JOURNAL_DIR is set.
+    journal: EventJournal | None = None
+    personal_params: frozenset[str] = frozenset()
+    excluded_domains: frozenset[str] = frozenset()
+    #: True when the engine belongs to the host app (Flask-SQLAlchemy): never disposed by us.
+    borrowed_engine: bool = False
     #: Tracked URLs never change once created, so their targets are cached per process.
-    target_cache: dict[int, str] = field(default_factory=dict)
+    target_cache: dict[int, tuple[str, bool]] = field(default_factory=dict)
+
+    def dispose(self) -> None:
+        """Commit what the journal holds and release the database (tests, shutdown)."""
+        if self.journal is not None:
+            self.journal.close()
+        if not self.borrowed_engine:
+            self.engine.dispose()
 
 
 def _tracking_prefix(config: dict[str, Any]) -> str:
@@ -58,6 +133,59 @@ def _tracking_prefix(config: dict[str, Any]) -> str:
     return config["HOTCLICKS_TRACKING_PREFIX"].rstrip("/")
 
 
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={db.SQLITE_BUSY_TIMEOUT * 1000}")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def _flask_sqlalchemy_engine(app: Flask, bind: str | None) -> Engine:
+    ext = app.extensions.get("sqlalchemy")
+    if ext is None:
+        raise ConfigurationError(
+            "HOTCLICKS_USE_FLASK_SQLALCHEMY is set but Flask-SQLAlchemy is not set up on this app: "
+            "call db.init_app(app) before HotClicks(app)"
+        )
+    with app.app_context():
+        engines = ext.engines
+        if bind not in engines:
+            raise ConfigurationError(
+                f"Flask-SQLAlchemy has no bind {bind!r} (HOTCLICKS_FLASK_SQLALCHEMY_BIND); "
+                f"it has {sorted(map(str, engines))}"
+            )
+        engine: Engine = engines[bind]
+    if engine.dialect.name == "sqlite":
+        # Concurrent workers must wait for the lock rather than fail with "database is locked".
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _signer(config: dict[str, Any]) -> TokenSigner:
+    key = config["HOTCLICKS_SECRET_KEY"]
+    fallbacks = list(config["HOTCLICKS_SECRET_KEY_FALLBACKS"] or [])
+    if not key:
+        key = config.get("SECRET_KEY")
+        fallbacks += list(config.get("SECRET_KEY_FALLBACKS") or [])
+    if not key:
+        raise ConfigurationError(
+            "no secret key for tracking links: set HOTCLICKS_SECRET_KEY (or the app's SECRET_KEY) "
+            "to the key the relay is given"
+        )
+    return TokenSigner(key, fallbacks)
+
+
+def _rules(config: dict[str, Any]) -> BotRules:
+    return BotRules(
+        delivery_seconds=float(config["HOTCLICKS_BOT_DELIVERY_SECONDS"]),
+        burst_seconds=float(config["HOTCLICKS_BOT_BURST_SECONDS"]),
+        burst_links=int(config["HOTCLICKS_BOT_BURST_LINKS"]),
+        trap_seconds=float(config["HOTCLICKS_BOT_TRAP_SECONDS"]),
+        extra_agents=tuple(config["HOTCLICKS_BOT_USER_AGENTS"] or ()),
+        apple_mpp_opens=bool(config["HOTCLICKS_BOT_APPLE_MPP_OPENS"]),
+    )
+
+
 class HotClicks:
     """Adds the tracking routes (click redirect, open pixel, opt-out) and the reports to an app.
 
@@ -67,6 +195,8 @@ class HotClicks:
 
     def __init__(self, app: Flask | None = None) -> None:
         self._report_access: Callable[[], bool] | None = None
+        self._preview_renderer: Callable[[str, TestProfile | None], Preview | dict[str, Any] | None] | None = None
+        self._invalid_link_handler: Callable[[], Any] | None = None
         if app is not None:
             self.init_app(app)
 
@@ -79,13 +209,49 @@ class HotClicks:
         for key, value in DEFAULT_CONFIG.items():
             app.config.setdefault(key, value)
         config = app.config
-        signer = TokenSigner(
-            config["HOTCLICKS_SECRET_KEY"] or "", config["HOTCLICKS_SECRET_KEY_FALLBACKS"]
+        signer = _signer(config)
+        rules = _rules(config)
+        if config["HOTCLICKS_USE_FLASK_SQLALCHEMY"]:
+            engine = _flask_sqlalchemy_engine(app, config["HOTCLICKS_FLASK_SQLALCHEMY_BIND"])
+            borrowed = True
+        else:
+            engine = db.create_db_engine(config["HOTCLICKS_DATABASE_URL"])
+            borrowed = False
+        if config["HOTCLICKS_CHECK_SCHEMA"]:
+            db.check_migrated(engine)
+        sessions = db.session_factory(engine)
+        journal = None
+        if config["HOTCLICKS_JOURNAL_DIR"]:
+            directory = config["HOTCLICKS_JOURNAL_DIR"]
+            try:  # clicks acknowledged by processes that died before committing them
+                replayed = replay_orphans(directory, sessions, rules)
+                if replayed:
+                    log.info("replayed %s events from the journal", replayed)
+            except Exception:
+                log.exception("cannot replay the journal in %s yet; it is kept for the next start", directory)
+            journal = EventJournal(
+                directory,
+                sessions,
+                rules,
+                fsync=bool(config["HOTCLICKS_JOURNAL_FSYNC"]),
+                interval=float(config["HOTCLICKS_JOURNAL_INTERVAL"]),
+            )
+            atexit.register(journal.close)
+        state = HotClicksState(
+            self,
+            engine,
+            sessions,
+            signer,
+            rules=rules,
+            anonymize_ip=bool(config["HOTCLICKS_ANONYMIZE_IP"]),
+            store_ip=bool(config["HOTCLICKS_STORE_IP"]),
+            store_user_agent=bool(config["HOTCLICKS_STORE_USER_AGENT"]),
+            personal_params=frozenset(config["HOTCLICKS_PERSONAL_PARAMS"] or ()),
+            excluded_domains=frozenset(d.lower() for d in config["HOTCLICKS_EXCLUDED_DOMAINS"] or ()),
+            journal=journal,
+            borrowed_engine=borrowed,
         )
-        engine = db.create_db_engine(config["HOTCLICKS_DATABASE_URL"])
-        app.extensions["hotclicks"] = HotClicksState(
-            self, engine, db.session_factory(engine), signer
-        )
+        app.extensions["hotclicks"] = state
 
         from . import cli, reports, tracking
 
@@ -93,7 +259,14 @@ class HotClicks:
         app.register_blueprint(
             reports.blueprint, url_prefix=config["HOTCLICKS_REPORT_PREFIX"].rstrip("/") or None
         )
+        csrf = app.extensions.get("csrf")
+        if csrf is not None and hasattr(csrf, "exempt"):
+            # Flask-WTF: the unsubscribe POSTs come from mailbox providers, with no CSRF token;
+            # the signed token in the URL is what authorizes them.
+            csrf.exempt(tracking.blueprint)
         app.cli.add_command(cli.hotclicks_cli)
+
+    # -- callbacks ----------------------------------------------------------------------------
 
     def report_access(self, callback: F) -> F:
         """Register the check that decides who may see the reports (True lets the request in).
@@ -101,6 +274,38 @@ class HotClicks:
         Without one, the reports are closed, except in debug and testing mode.
         """
         self._report_access = callback
+        return callback
+
+    def preview_renderer(self, callback: F) -> F:
+        """Register how to render a delivery's content for a test profile (or for no profile).
+
+        ``callback(delivery_code, profile)`` gets a :class:`~hotclicks.models.TestProfile` or None
+        (a recipient with no attributes) and returns a :class:`Preview`, a dict with ``html`` and
+        ``text``, or None when it cannot render that delivery. The hot clicks report uses it.
+        """
+        self._preview_renderer = callback
+        return callback
+
+    def render_preview(self, delivery: str, profile: TestProfile | None = None) -> Preview | None:
+        """The host app's rendering of ``delivery`` for ``profile``, or None without a renderer."""
+        if self._preview_renderer is None:
+            return None
+        result = self._preview_renderer(delivery, profile)
+        if result is None or isinstance(result, Preview):
+            return result
+        if isinstance(result, dict):
+            return Preview(html=result.get("html"), text=result.get("text"))
+        raise TypeError(
+            f"the preview renderer returned a {type(result).__name__}: return a Preview, "
+            "a dict with 'html' and 'text', or None"
+        )
+
+    def invalid_link_handler(self, callback: F) -> F:
+        """Register the view for a bad link (forged, altered, unknown); it should answer a 404.
+
+        Without one, ``hotclicks/invalid_link.html`` is rendered (override the template, or this).
+        """
+        self._invalid_link_handler = callback
         return callback
 
 

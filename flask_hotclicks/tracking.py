@@ -1,7 +1,16 @@
-"""The routes a recipient's mail client reaches: click redirect, open pixel, opt-out.
+"""The routes a recipient's mail client reaches: click redirect, open pixel, opt-outs.
 
 They are on the path of every click, so they do little: check the signature (no database work for
-a bad one), one lean insert, answer. A bad token gets a 404 page, never a 500 and never a redirect.
+a bad one), judge the request with the core's bot rules, record (one lean transaction, or one
+journal append), answer. A bad token gets a 404 page, never a 500 and never a redirect.
+
+====================  ======================================================================
+``/c/<token>``        GET: record the click, 302 to the target. HEAD: 302, nothing recorded.
+``/o/<token>``        the open pixel (1x1 GIF, not cached), records an open
+``/u/<token>``        GET: a page with an Unsubscribe (or Resubscribe) button; POST: do it.
+                      A POST with ``List-Unsubscribe=One-Click`` is RFC 8058's one-click.
+``/n/<token>``        GET: a page with a "Stop tracking me" (or "Track me again") button; POST: do it
+====================  ======================================================================
 """
 
 from __future__ import annotations
@@ -10,80 +19,120 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request
-from sqlalchemy import select
 
+from hotclicks import bots
 from hotclicks.errors import InvalidToken
-from hotclicks.models import TrackedUrl
+from hotclicks.links import LIST_UNSUBSCRIBE_POST
+from hotclicks.models import utcnow
 from hotclicks.privacy import anonymize_ip
-from hotclicks.store import record_click, record_open
+from hotclicks.store import (
+    ClickEvent,
+    OpenEvent,
+    is_unsubscribed,
+    message_recipient,
+    record_clicks,
+    record_opens,
+    resubscribe,
+    set_tracking_opt_out,
+    tracked_url_target,
+    unsubscribe,
+)
 from hotclicks.tokens import Token, TokenKind
 
 from .extension import HotClicksState, get_state
 
 log = logging.getLogger("flask_hotclicks")
 
-blueprint = Blueprint("hotclicks_tracking", __name__)
+blueprint = Blueprint("hotclicks_tracking", __name__, template_folder="templates")
 
 #: The open pixel: a transparent 1x1 GIF.
 PIXEL_GIF = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
 )
 _NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", "Pragma": "no-cache"}
+_PAGE_HEADERS = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex", "Referrer-Policy": "no-referrer"}
 
 
 def _state() -> HotClicksState:
     return get_state(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
-def invalid_link() -> tuple[str, int, dict[str, str]]:
-    """The page a forged, altered or unknown link gets (override hotclicks/invalid_link.html)."""
-    return render_template("hotclicks/invalid_link.html"), 404, {"Cache-Control": "no-store"}
+def invalid_link() -> Any:
+    """The page a forged, altered or unknown link gets: the host app's handler, else the
+    template ``hotclicks/invalid_link.html`` (which the host app may override). Always a 404."""
+    handler = _state().extension._invalid_link_handler
+    if handler is not None:
+        response = current_app.make_response(handler())
+        response.status_code = 404
+    else:
+        response = current_app.make_response((render_template("hotclicks/invalid_link.html"), 404))
+    response.headers.update(_PAGE_HEADERS)
+    return response
 
 
-def _unsign(value: str, kind: TokenKind) -> Token | None:
+def _unsign(state: HotClicksState, value: str, kind: TokenKind) -> Token | None:
     try:
-        return _state().signer.unsign(value, kind)
+        return state.signer.unsign(value, kind)
     except InvalidToken as exc:
         log.info("refused a %s token: %s", kind.name.lower(), exc)
         return None
 
 
-def _target(state: HotClicksState, token: Token) -> str | None:
+def _target(state: HotClicksState, token: Token) -> tuple[str, bool] | None:
+    """The tracked URL's target and whether it is the trap link (cached: they never change)."""
     assert token.tracked_url_id is not None
-    if token.url is not None:
-        return token.url
-    cached = state.target_cache.get(token.tracked_url_id)
-    if cached is not None:
-        return cached
-    with state.sessions() as session:
-        url = session.scalar(select(TrackedUrl.url).where(TrackedUrl.id == token.tracked_url_id))
-    if url is not None:
-        state.target_cache[token.tracked_url_id] = url
-    return url
+    found = state.target_cache.get(token.tracked_url_id)
+    if found is None:
+        with state.sessions() as session:
+            found = tracked_url_target(session, token.tracked_url_id)
+        if found is None:
+            return None
+        state.target_cache[token.tracked_url_id] = found
+    if token.url is not None:  # a personalized link: the recipient's own target, which we signed
+        return token.url, found[1]
+    return found
 
 
-def _client() -> dict[str, Any]:
-    return {"user_agent": request.user_agent.string or None, "ip": anonymize_ip(request.remote_addr)}
+def _client(state: HotClicksState) -> tuple[str | None, str | None]:
+    """The user agent and address to store, as the privacy settings allow."""
+    user_agent = request.headers.get("User-Agent") or None if state.store_user_agent else None
+    ip: str | None = None
+    if state.store_ip:
+        ip = anonymize_ip(request.remote_addr) if state.anonymize_ip else request.remote_addr
+    return user_agent, ip
 
 
 @blueprint.route("/c/<token>", methods=["GET", "HEAD"])
 def click(token: str) -> Any:
-    signed = _unsign(token, TokenKind.CLICK)
+    state = _state()
+    signed = _unsign(state, token, TokenKind.CLICK)
     if signed is None:
         return invalid_link()
-    state = _state()
-    target = _target(state, signed)
-    if target is None:
+    found = _target(state, signed)
+    if found is None:
         return invalid_link()
-    if request.method == "GET":  # a HEAD is a link checker looking, not a person clicking
+    target, is_trap = found
+    # A HEAD is a link checker looking, not a person clicking: answered, never recorded.
+    if request.method == "GET":
         assert signed.tracked_url_id is not None
-        with state.sessions.begin() as session:
-            record_click(
-                session,
-                message_id=signed.message_id,
-                tracked_url_id=signed.tracked_url_id,
-                **_client(),
-            )
+        agent = request.headers.get("User-Agent")
+        user_agent, ip = _client(state)
+        event = ClickEvent(
+            signed.message_id,
+            signed.tracked_url_id,
+            utcnow(),
+            user_agent,
+            ip,
+            bots.request_reason("GET", request.headers, agent, state.rules),
+            is_trap,
+        )
+        if state.journal is not None:
+            state.journal.append(event)
+        else:
+            with state.sessions.begin() as session:
+                record_clicks(session, [event], state.rules)
+    if is_trap:
+        return Response("", 204, headers=_NO_CACHE)
     response = redirect(target, code=302)
     response.headers.update(_NO_CACHE)
     return response
@@ -91,9 +140,85 @@ def click(token: str) -> Any:
 
 @blueprint.route("/o/<token>")
 def open_pixel(token: str) -> Any:
-    signed = _unsign(token, TokenKind.OPEN)
+    state = _state()
+    signed = _unsign(state, token, TokenKind.OPEN)
     if signed is not None:
-        with _state().sessions.begin() as session:
-            record_open(session, message_id=signed.message_id, **_client())
+        agent = request.headers.get("User-Agent")
+        user_agent, ip = _client(state)
+        event = OpenEvent(
+            signed.message_id,
+            utcnow(),
+            user_agent,
+            ip,
+            bots.request_reason("GET", request.headers, agent, state.rules, is_open=True),
+        )
+        if state.journal is not None:
+            state.journal.append(event)
+        else:
+            with state.sessions.begin() as session:
+                record_opens(session, [event])
     # The image is answered either way: a broken image in a mail client helps nobody.
     return Response(PIXEL_GIF, mimetype="image/gif", headers=_NO_CACHE)
+
+
+def _preference_page(template: str, **context: Any) -> Any:
+    response = current_app.make_response(render_template(template, **context))
+    response.headers.update(_PAGE_HEADERS)
+    return response
+
+
+@blueprint.route("/u/<token>", methods=["GET", "POST"])
+def unsubscribe_page(token: str) -> Any:
+    """GET never unsubscribes (link scanners follow links); POST does, or resubscribes."""
+    state = _state()
+    signed = _unsign(state, token, TokenKind.UNSUBSCRIBE)
+    if signed is None:
+        return invalid_link()
+    with state.sessions.begin() as session:
+        recipient = message_recipient(session, signed.message_id)
+        if recipient is None:
+            return invalid_link()
+        done = None
+        if request.method == "POST":
+            if request.form.get("action") == "resubscribe":
+                resubscribe(session, recipient.id)
+                done = "resubscribed"
+            else:
+                one_click = request.form.get("List-Unsubscribe") == LIST_UNSUBSCRIBE_POST.split("=", 1)[1]
+                unsubscribe(
+                    session,
+                    recipient.id,
+                    message_id=signed.message_id,
+                    source="one-click" if one_click else "link",
+                )
+                done = "unsubscribed"
+            log.info("recipient %s %s (message %s)", recipient.id, done, signed.message_id)
+        unsubscribed = is_unsubscribed(session, recipient.id)
+        address = recipient.address
+    return _preference_page(
+        "hotclicks/unsubscribe.html", unsubscribed=unsubscribed, done=done, address=address
+    )
+
+
+@blueprint.route("/n/<token>", methods=["GET", "POST"])
+def tracking_opt_out_page(token: str) -> Any:
+    """The recipient's tracking opt-out: afterwards their clicks count, anonymously."""
+    state = _state()
+    signed = _unsign(state, token, TokenKind.UNSUBSCRIBE)
+    if signed is None:
+        return invalid_link()
+    with state.sessions.begin() as session:
+        recipient = message_recipient(session, signed.message_id)
+        if recipient is None:
+            return invalid_link()
+        done = None
+        if request.method == "POST":
+            opted_out = request.form.get("action") != "track"
+            set_tracking_opt_out(session, recipient.id, opted_out)
+            done = "opted-out" if opted_out else "tracked"
+            session.refresh(recipient)
+        opted_out = recipient.tracking_opt_out
+        address = recipient.address
+    return _preference_page(
+        "hotclicks/tracking_opt_out.html", opted_out=opted_out, done=done, address=address
+    )
