@@ -176,6 +176,10 @@ def app(engine: Engine, database_url: str) -> Iterator[Flask]:
         HOTCLICKS_DATABASE_URL=database_url,
         HOTCLICKS_SECRET_KEY=SECRET_KEY,
         HOTCLICKS_BASE_URL=BASE_URL,
+        # Tests click within milliseconds of sending, as only a link scanner would in real life:
+        # the time-based bot rules are off unless a test turns them on (tests/test_flask_bots.py).
+        HOTCLICKS_BOT_DELIVERY_SECONDS=0,
+        HOTCLICKS_BOT_BURST_SECONDS=0,
     )
     HotClicks(app)
     yield app
