@@ -322,3 +322,106 @@ class RelayCounter(Base):
     day: Mapped[str] = mapped_column(String(10))  #: YYYY-MM-DD, UTC
     name: Mapped[str] = mapped_column(String(40))
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# -- report aggregates ---------------------------------------------------------------------------
+#
+# The reports read these instead of counting raw clicks, so that their cost grows with the number
+# of links, not of clicks. They are brought up to date by ``hotclicks.reports.roll_up`` from a
+# watermark (the last click, open and message id folded in); the click path stays a single insert.
+# See ``hotclicks/reports.py`` for how rows that commit out of id order are waited for.
+
+
+class RollupState(Base):
+    """How far one source table (``click``, ``open``, ``message``) is folded into the aggregates.
+
+    Rows with ``id <= watermark`` are counted in the aggregates; newer ones are counted live by
+    the reports. ``pending_upto`` is the largest id seen at ``pending_at``: once every transaction
+    that could hold a smaller id has ended (a settle delay later) it becomes the next watermark.
+    """
+
+    __tablename__ = "hotclicks_rollup_state"
+
+    name: Mapped[str] = mapped_column(String(20), primary_key=True)
+    watermark: Mapped[int] = mapped_column(BigInteger, default=0)
+    pending_upto: Mapped[int | None] = mapped_column(BigInteger)
+    pending_at: Mapped[dt.datetime | None] = mapped_column()
+    updated_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class LinkStats(Base):
+    """One tracked URL's folded figures: clicks by people and machines, distinct clickers."""
+
+    __tablename__ = "hotclicks_link_stats"
+
+    tracked_url_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_tracked_url.id"), primary_key=True)
+    execution_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_execution.id"), index=True)
+    clicks: Mapped[int] = mapped_column(BigInteger, default=0)  #: people's clicks (anonymous ones too)
+    machine_clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+    clickers: Mapped[int] = mapped_column(BigInteger, default=0)  #: messages with a people's click
+    all_clickers: Mapped[int] = mapped_column(BigInteger, default=0)  #: messages with any click
+    last_click_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class LinkClicker(Base):
+    """The clicks of one message on one tracked URL: what makes "unique clickers" incremental."""
+
+    __tablename__ = "hotclicks_link_clicker"
+
+    tracked_url_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_tracked_url.id"), primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_message.id"), primary_key=True)
+    clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+    machine_clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MessageStats(Base):
+    """One message's folded clicks and opens: what makes clickers and openers incremental."""
+
+    __tablename__ = "hotclicks_message_stats"
+
+    message_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_message.id"), primary_key=True)
+    execution_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_execution.id"), index=True)
+    clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+    machine_clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+    opens: Mapped[int] = mapped_column(BigInteger, default=0)
+    machine_opens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ExecutionStats(Base):
+    """One execution's folded figures (message statuses change, so they are counted live)."""
+
+    __tablename__ = "hotclicks_execution_stats"
+
+    execution_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_execution.id"), primary_key=True)
+    messages: Mapped[int] = mapped_column(BigInteger, default=0)
+    clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+    machine_clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+    clickers: Mapped[int] = mapped_column(BigInteger, default=0)
+    all_clickers: Mapped[int] = mapped_column(BigInteger, default=0)
+    opens: Mapped[int] = mapped_column(BigInteger, default=0)
+    machine_opens: Mapped[int] = mapped_column(BigInteger, default=0)
+    openers: Mapped[int] = mapped_column(BigInteger, default=0)
+    all_openers: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class VariantStats(Base):
+    """One content variant's folded recipients and clicks (for its share in the hot clicks)."""
+
+    __tablename__ = "hotclicks_variant_stats"
+
+    variant_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_content_variant.id"), primary_key=True)
+    execution_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_execution.id"), index=True)
+    messages: Mapped[int] = mapped_column(BigInteger, default=0)
+    clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+    machine_clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ClickBucket(Base):
+    """Clicks on one tracked URL in one hour (hours since the Unix epoch, UTC): click streams."""
+
+    __tablename__ = "hotclicks_click_bucket"
+
+    tracked_url_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_tracked_url.id"), primary_key=True)
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+    machine_clicks: Mapped[int] = mapped_column(BigInteger, default=0)
