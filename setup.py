@@ -39,12 +39,14 @@ setup(
     extras_require={
         "postgresql": ["psycopg[binary]>=3.1"],
         "dkim": ["dkimpy>=1.1"],
+        "example": ["flask-mailman>=1.1"],
         "test": [
             "pytest>=8.0",
             "hypothesis>=6.100",
             "psycopg[binary]>=3.1",
             "dkimpy>=1.1",
             "playwright>=1.45",
+            "flask-mailman>=1.1",
         ],
     },
     entry_points={
