@@ -209,6 +209,7 @@ class HotClicks:
         for key, value in DEFAULT_CONFIG.items():
             app.config.setdefault(key, value)
         config = app.config
+        tracking_prefix = _tracking_prefix(config)
         signer = _signer(config)
         rules = _rules(config)
         if config["HOTCLICKS_USE_FLASK_SQLALCHEMY"]:
@@ -255,7 +256,7 @@ class HotClicks:
 
         from . import cli, reports, tracking
 
-        app.register_blueprint(tracking.blueprint, url_prefix=_tracking_prefix(config) or None)
+        app.register_blueprint(tracking.blueprint, url_prefix=tracking_prefix or None)
         app.register_blueprint(
             reports.blueprint, url_prefix=config["HOTCLICKS_REPORT_PREFIX"].rstrip("/") or None
         )
