@@ -1,13 +1,28 @@
-"""The relay's settings, read from flags and ``HOTCLICKS_*`` environment variables."""
+"""The relay's settings, as flags, ``HOTCLICKS_*`` environment variables and a TOML file give them.
+
+:class:`RelayConfig` is validated when built, so a mistake fails at start with a message that says
+what to fix, never in the middle of a transaction.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from hotclicks.errors import ConfigurationError
 from hotclicks.executions import DEFAULT_QUIET_GAP, PERIODS
+
+#: Upstream connection security: none, STARTTLS (required) or TLS from the first byte.
+UPSTREAM_SECURITY = ("none", "starttls", "tls")
+#: What to do with a message that arrives DKIM-signed when the relay has no key of its own:
+#: "keep" forwards it unchanged and untracked (its signature stays valid), "strip" removes the old
+#: signature and tracks it. With a key, the relay always re-signs.
+DKIM_SIGNED_POLICIES = ("keep", "strip")
+#: Where accepted mail waits for the upstream when nothing is configured.
+DEFAULT_SPOOL_DIR = "hotclicks-spool"
 
 
 def parse_host_port(value: str, what: str) -> tuple[str, int]:
@@ -17,6 +32,26 @@ def parse_host_port(value: str, what: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigurationError(f"{what} must be HOST:PORT, like 127.0.0.1:2525, not {value!r}")
     return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (an address of 127.0.0.0/8, ::1 or localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_networks(values: tuple[str, ...] | list[str], what: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ConfigurationError(f"{what}: {value!r} is not a network like 10.0.0.0/8 or 192.0.2.7") from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True)
@@ -41,9 +76,45 @@ class RelayConfig:
     quiet_gap: dt.timedelta = DEFAULT_QUIET_GAP
     #: Largest message accepted, in bytes (answered 552 above it).
     max_message_size: int = 32 * 1024 * 1024
+    #: Most recipients per transaction (answered 452 above it, as RFC 5321 asks).
+    max_recipients: int = 1000
     #: Seconds to wait for the upstream server before counting it down.
     upstream_timeout: float = 60.0
+    #: The upstream connection: "none", "starttls" or "tls".
+    upstream_security: str = "none"
+    #: Check the upstream's certificate (on by default; off only for a test upstream).
+    upstream_verify: bool = True
+    #: A CA bundle to check the upstream's certificate with (the system's when None).
+    upstream_ca_file: str | None = None
+    upstream_username: str | None = None
+    upstream_password: str | None = None
+    #: Connections kept open to the upstream, each delivering one copy at a time.
+    upstream_connections: int = 8
+    #: The name the relay gives itself (SMTP banner and EHLO); the machine's FQDN when None.
     hostname: str | None = field(default=None)
+    #: Where accepted messages wait for delivery; a directory of this relay alone.
+    spool_dir: str = DEFAULT_SPOOL_DIR
+    #: First retry delay after a temporary failure; it doubles each time up to ``retry_max_delay``.
+    retry_delay: dt.timedelta = dt.timedelta(minutes=1)
+    retry_max_delay: dt.timedelta = dt.timedelta(hours=1)
+    #: A copy still not delivered this long after it was accepted is given up (marked failed).
+    max_queue_age: dt.timedelta = dt.timedelta(days=5)
+    #: Keep a sample of each content variant from real recipients (test profiles' always are).
+    keep_recipient_samples: bool = True
+    #: DKIM signing key (PEM), selector and domain; all three or none.
+    dkim_key_file: str | None = None
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    #: A message already DKIM-signed, when the relay has no key: "keep" or "strip".
+    dkim_signed: str = "keep"
+    #: TLS certificate and key for STARTTLS (or implicit TLS with ``implicit_tls``).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    implicit_tls: bool = False
+    #: Client credentials: a file of ``user:hash`` lines (``hotclicks-relay hash-password``).
+    auth_file: str | None = None
+    #: Client networks allowed to send without AUTH (anything else must authenticate).
+    allow_networks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
@@ -57,8 +128,51 @@ class RelayConfig:
                 f"the transactional period must be one of {', '.join(PERIODS)}, "
                 f"not {self.transactional_period!r}"
             )
+        if self.upstream_security not in UPSTREAM_SECURITY:
+            raise ConfigurationError(
+                f"--upstream-security must be one of {', '.join(UPSTREAM_SECURITY)}, not {self.upstream_security!r}"
+            )
+        if self.dkim_signed not in DKIM_SIGNED_POLICIES:
+            raise ConfigurationError(
+                f"--dkim-signed must be one of {', '.join(DKIM_SIGNED_POLICIES)}, not {self.dkim_signed!r}"
+            )
+        dkim = (self.dkim_key_file, self.dkim_selector, self.dkim_domain)
+        if any(dkim) and not all(dkim):
+            raise ConfigurationError(
+                "DKIM signing needs all three of --dkim-key-file, --dkim-selector and --dkim-domain"
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigurationError("TLS needs both --tls-cert-file and --tls-key-file")
+        if self.implicit_tls and not self.tls_cert_file:
+            raise ConfigurationError("--implicit-tls needs --tls-cert-file and --tls-key-file")
+        if self.auth_file and not self.tls_cert_file:
+            raise ConfigurationError(
+                "--auth-file needs --tls-cert-file and --tls-key-file: passwords are only "
+                "accepted over STARTTLS or implicit TLS"
+            )
+        if bool(self.upstream_username) != bool(self.upstream_password):
+            raise ConfigurationError("upstream AUTH needs both --upstream-username and --upstream-password")
+        for name in ("max_message_size", "max_recipients", "upstream_connections"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name.replace('_', '-')} must be at least 1")
+        self.networks  # validates
+        if not is_loopback(self.listen[0]) and not (self.auth_file or self.allow_networks):
+            raise ConfigurationError(
+                f"refusing to listen on {self.listen[0]}: anyone who can reach it could send mail "
+                "through the relay (an open relay). Listen on 127.0.0.1 (the default), or configure "
+                "SMTP AUTH (--auth-file with --tls-cert-file/--tls-key-file) or the client networks "
+                "allowed to send (--allow-networks 10.0.0.0/8,...)."
+            )
+
+    @property
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return parse_networks(self.allow_networks, "--allow-networks")
 
     @property
     def tracking_base(self) -> str:
         """The base URL without a trailing slash, to which ``/c/<token>`` etc. are appended."""
         return self.base_url.rstrip("/")
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.spool_dir)

@@ -1,31 +1,37 @@
-"""The aiosmtpd handler: accept a transaction, have it rewritten, forward the copies.
+"""The aiosmtpd handler: accept a transaction, have it rewritten, spool the copies, answer.
 
-Unlike aiosmtpd's own ``Proxy``, this never blocks the event loop (the rewriting and the database
-run in a thread, forwarding uses aiosmtplib) and never answers 250 for mail that was not forwarded:
-until the durable spool exists, the client keeps the message when the upstream fails.
+Unlike aiosmtpd's own ``Proxy``, this never blocks the event loop (the rewriting, the database
+and the spool's fsync run in a thread; forwarding uses aiosmtplib, in :mod:`.delivery`) and never
+answers 250 for mail that is not safely on disk: 250 means every copy is fsync'd in the spool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import time
 
-import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy.exc import SQLAlchemyError
 
-from hotclicks.models import MessageStatus
+from hotclicks.models import utcnow
 
 from .config import RelayConfig
-from .processing import MessageProcessor, Outgoing
+from .delivery import Deliverer
+from .processing import MessageProcessor, Prepared
+from .spool import Spool, SpoolEntry, is_disk_full, new_id
 
 log = logging.getLogger("smtp_relay")
 
 #: Replies, named so that tests and logs speak of the same thing (aiosmtpd's statuscodes style).
-REPLY_OK = "250 2.0.0 OK: relayed"
-REPLY_UPSTREAM_TEMPORARY = "451 4.4.1 Upstream server unavailable, try again later"
-REPLY_UPSTREAM_REFUSED = "554 5.0.0 Upstream server refused the message"
-REPLY_LOCAL_ERROR = "451 4.3.0 Local error in processing, try again later"
+REPLY_OK = "250 2.0.0 OK: queued"
+REPLY_SPOOL_FULL = "451 4.3.1 Insufficient system storage, try again later"
+REPLY_SPOOL_ERROR = "451 4.3.0 Local error writing the message, try again later"
+REPLY_DATABASE_UNAVAILABLE = "451 4.3.0 Tracking database unavailable, try again later"
+REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+REPLY_RELAY_DENIED = "550 5.7.1 Relaying denied: authenticate first or send from an allowed network"
+REPLY_SHUTTING_DOWN = "421 4.3.2 Relay shutting down, try again later"
 
 #: MAIL FROM parameters passed on to the upstream server as they came.
 _PASSED_MAIL_OPTIONS = ("SMTPUTF8", "BODY=8BITMIME")
@@ -38,89 +44,131 @@ class RelaySMTP(SMTP):
 
 
 class RelayHandler:
-    def __init__(self, config: RelayConfig, processor: MessageProcessor) -> None:
+    """The relay's aiosmtpd handler; owns the spool and the deliverer."""
+
+    def __init__(self, config: RelayConfig, processor: MessageProcessor, spool: Spool) -> None:
         self.config = config
         self.processor = processor
+        self.spool = spool
+        self.deliverer = Deliverer(config, spool, processor)
+        self._networks = config.networks
+        self._in_flight = 0
+        self._closing = False
+
+    # -- life cycle (on the relay's loop) ------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.deliverer.start()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Refuse new mail, let transactions in flight finish, stop delivering; the rest waits in
+        the spool for the next start."""
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        await self.deliverer.stop(max(0.0, deadline - loop.time()))
+
+    def idle(self) -> bool:
+        return not self._in_flight and not self.deliverer.busy()
+
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until nothing is being accepted, sent or recorded and no copy is due now."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.idle():
+            if loop.time() > deadline:
+                raise TimeoutError(f"the relay was still busy after {timeout} s")
+            await asyncio.sleep(0.005)
+
+    # -- SMTP ----------------------------------------------------------------------------------
+
+    def _allowed(self, session: Session) -> bool:
+        if session.authenticated:
+            return True
+        if not self._networks:
+            # Loopback-only (checked at start), or AUTH required by aiosmtpd itself.
+            return True
+        try:
+            peer = ipaddress.ip_address(session.peer[0])
+        except (ValueError, TypeError, IndexError):
+            return False
+        return any(peer in network for network in self._networks)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        if self._closing:
+            return REPLY_SHUTTING_DOWN
+        if not self._allowed(session):
+            return REPLY_RELAY_DENIED
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return REPLY_TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content
         assert isinstance(raw, bytes), "the relay runs aiosmtpd with decode_data=False"
         mail_from = envelope.mail_from or ""
         recipients = list(envelope.rcpt_tos)
-        try:
-            copies = await asyncio.to_thread(self.processor.prepare, mail_from, recipients, raw)
-        except (SQLAlchemyError, OSError):
-            log.exception("cannot record the message from %s; asking the client to retry", mail_from)
-            return REPLY_LOCAL_ERROR
         options = [o for o in envelope.mail_options if o.upper() in _PASSED_MAIL_OPTIONS]
-        outcomes = await self._forward(mail_from, copies, options)
-        for copy, (status, reply) in zip(copies, outcomes):
-            log.info(
-                "message %s to %s: %s %s",
-                copy.message_id if copy.message_id is not None else "untracked",
-                ",".join(copy.recipients),
-                status.value,
-                reply,
-            )
+        self._in_flight += 1
+        try:
             try:
-                await asyncio.to_thread(self.processor.record_outcome, copy, status, reply)
-            except SQLAlchemyError:
-                log.exception("could not record the outcome of message %s", copy.message_id)
-        statuses = {status for status, _ in outcomes}
-        if statuses == {MessageStatus.SENT}:
+                prepared, entries = await asyncio.to_thread(self._accept, mail_from, recipients, options, raw)
+            except SQLAlchemyError as exc:
+                log.error("cannot record the message from %s (%s); answered 451", mail_from, exc)
+                return REPLY_DATABASE_UNAVAILABLE
+            except OSError as exc:
+                log.error("cannot spool the message from %s (%s); answered 451", mail_from, exc)
+                return REPLY_SPOOL_FULL if is_disk_full(exc) else REPLY_SPOOL_ERROR
+            self.deliverer.submit(entries)
+            self.deliverer.note(prepared.incidents, prepared.counters)
+            if prepared.suppressed:
+                log.info(
+                    "messages to %s suppressed (unsubscribed): %s",
+                    ",".join(prepared.suppressed),
+                    ", ".join(str(i) for i in prepared.message_ids),
+                )
             return REPLY_OK
-        if statuses == {MessageStatus.FAILED}:
-            return REPLY_UPSTREAM_REFUSED
-        return REPLY_UPSTREAM_TEMPORARY
-
-    async def _forward(
-        self, mail_from: str, copies: list[Outgoing], options: list[str]
-    ) -> list[tuple[MessageStatus, str]]:
-        """Send every copy over one upstream connection; the outcome of each, in order."""
-        host, port = self.config.upstream
-        client = aiosmtplib.SMTP(
-            hostname=host,
-            port=port,
-            timeout=self.config.upstream_timeout,
-            start_tls=False,
-            local_hostname=self.config.hostname,
-        )
-        try:
-            await client.connect()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            reply = f"upstream {host}:{port} unreachable: {exc}"
-            return [(MessageStatus.DEFERRED, reply)] * len(copies)
-        outcomes: list[tuple[MessageStatus, str]] = []
-        try:
-            for copy in copies:
-                outcomes.append(await self._send_one(client, mail_from, copy, options))
         finally:
-            try:
-                await client.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                client.close()
-        return outcomes
+            self._in_flight -= 1
 
-    async def _send_one(
-        self, client: aiosmtplib.SMTP, mail_from: str, copy: Outgoing, options: list[str]
-    ) -> tuple[MessageStatus, str]:
-        try:
-            errors, reply = await client.sendmail(
-                mail_from, copy.recipients, copy.data, mail_options=options
+    def _accept(
+        self, mail_from: str, recipients: list[str], options: list[str], raw: bytes
+    ) -> tuple[Prepared, list[SpoolEntry]]:
+        """Rewrite, record and spool a transaction; blocking, run in a thread."""
+        started = time.perf_counter()
+        prepared = self.processor.prepare(mail_from, recipients, raw)
+        accepted_at = utcnow().isoformat()
+        entries = [
+            SpoolEntry(
+                id=new_id(),
+                mail_from=mail_from,
+                recipients=copy.recipients,
+                accepted_at=accepted_at,
+                mail_options=options,
+                message_id=copy.message_id,
+                delivery=copy.delivery,
+                execution_id=copy.execution_id,
+                note=copy.note,
+                data=copy.data,
             )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refusal = exc.recipients[0]
-            return self._status_of(refusal.code), f"{refusal.code} {refusal.message}"
-        except aiosmtplib.SMTPResponseException as exc:
-            return self._status_of(exc.code), f"{exc.code} {exc.message}"
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            return MessageStatus.DEFERRED, f"upstream connection lost: {exc}"
-        if errors:
-            code, message = next(iter(errors.values()))
-            return self._status_of(code), f"{code} {message}"
-        return MessageStatus.SENT, reply
-
-    @staticmethod
-    def _status_of(code: int) -> MessageStatus:
-        return MessageStatus.FAILED if 500 <= code < 600 else MessageStatus.DEFERRED
-
+            for copy in prepared.copies
+        ]
+        try:
+            self.spool.store(entries)
+        except OSError:
+            try:
+                self.processor.forget(prepared.message_ids)
+            except SQLAlchemyError:
+                log.exception("could not take back the rows of a refused message")
+            raise
+        log.debug("accepted %d copies in %.1f ms", len(entries), (time.perf_counter() - started) * 1000)
+        return prepared, entries

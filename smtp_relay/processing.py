@@ -3,42 +3,69 @@
 This is blocking code (CPU for the rewriting, the database for the bookkeeping); the handler runs
 it in a worker thread so the event loop keeps serving other clients.
 
-A message the relay cannot understand is never dropped: it goes on unchanged and the reason is
-logged (and, once it is tracked, recorded on its message rows).
+A message the relay cannot understand is never dropped: it goes on unchanged, and the reason is
+logged and recorded as a relay incident.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
+from sqlalchemy import delete, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotclicks import rewrite
+from hotclicks import links, rewrite
 from hotclicks.errors import MimeError
 from hotclicks.executions import HEADERS, MarkError, Marks, read_marks
 from hotclicks.mime import TextPart, edit_headers, read_headers, rewrite_message, text_parts
-from hotclicks.models import Message, MessageStatus, TrackedUrl, utcnow
+from hotclicks.models import (
+    DeliveryType,
+    Message,
+    MessageStatus,
+    RelayCounter,
+    RelayIncident,
+    TrackedUrl,
+    utcnow,
+)
 from hotclicks.store import (
     LinkSpec,
     ensure_tracked_urls,
     ensure_variant,
     get_recipient,
+    is_unsubscribed,
     resolve_execution,
-    set_message_status,
     test_profile_for,
     variant_signature,
 )
-from hotclicks.tokens import Token, TokenKind, TokenSigner
+from hotclicks.tokens import TokenSigner
 
 from .config import RelayConfig
+from .dkim import DkimSigner
 
 log = logging.getLogger("smtp_relay")
 
 #: TrackedUrl.part for each rewritable MIME subtype.
 PART_NAMES = {"html": "html", "plain": "text"}
+#: RelayCounter names.
+COUNTER_UNTRACKED = "untracked"
+#: RelayIncident kinds.
+INCIDENT_UNPARSED = "forwarded-unchanged"
+INCIDENT_DKIM_KEPT = "dkim-kept"
+INCIDENT_DKIM_STRIPPED = "dkim-stripped"
+INCIDENT_DKIM_RESIGNED = "dkim-resigned"
+INCIDENT_GIVEN_UP = "given-up"
+#: Status reply of a recipient who was not sent a marketing message because they opted out.
+REPLY_SUPPRESSED = "not sent: the recipient unsubscribed"
+
+_UNSUBSCRIBE_HEADERS = ("List-Unsubscribe", "List-Unsubscribe-Post")
+_DKIM_HEADER = "DKIM-Signature"
+_ANGLE = re.compile(r"<([^<>]*)>")
 
 
 @dataclass
@@ -49,6 +76,30 @@ class Outgoing:
     data: bytes
     message_id: int | None = None
     note: str | None = None
+    delivery: str | None = None
+    execution_id: int | None = None
+
+
+@dataclass
+class Incident:
+    kind: str
+    reason: str
+    mail_from: str | None = None
+    recipients: Sequence[str] = ()
+    message_id: int | None = None
+    message_id_header: str | None = None
+
+
+@dataclass
+class Prepared:
+    """What a transaction became: the copies to spool and what to record without hurry."""
+
+    copies: list[Outgoing]
+    #: Broad log rows written for it (to take back if the copies cannot be spooled).
+    message_ids: list[int] = field(default_factory=list)
+    incidents: list[Incident] = field(default_factory=list)
+    counters: list[str] = field(default_factory=list)
+    suppressed: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -56,6 +107,22 @@ class _ScannedPart:
     part: TextPart
     name: str
     links: list[rewrite.Link]
+
+
+@dataclass(frozen=True)
+class _Row:
+    address: str
+    message_id: int
+    suppressed: bool
+
+
+def _mailto_of(list_unsubscribe: str | None) -> str | None:
+    """The sender's own mailto unsubscribe address, kept beside ours."""
+    for target in _ANGLE.findall(list_unsubscribe or ""):
+        target = target.strip()
+        if target.lower().startswith("mailto:") and target.isascii() and target.isprintable():
+            return target[len("mailto:"):]
+    return None
 
 
 class MessageProcessor:
@@ -67,30 +134,22 @@ class MessageProcessor:
         sessions: sessionmaker[Session],
         signer: TokenSigner,
         clock: Callable[[], dt.datetime] = utcnow,
+        dkim_signer: DkimSigner | None = None,
     ) -> None:
         self.config = config
         self.sessions = sessions
         self.signer = signer
         self.clock = clock
+        self.dkim = dkim_signer
         self._link_options = {
             "personal_params": config.personal_params,
             "excluded_domains": config.excluded_domains,
             "tracked_prefixes": (config.tracking_base + "/",),
         }
 
-    # -- the tracking URLs ---------------------------------------------------------------------
-
-    def click_url(self, message_id: int, tracked: TrackedUrl, url: str) -> str:
-        personal = None if url == tracked.url else url
-        token = self.signer.sign(Token(TokenKind.CLICK, message_id, tracked.id, personal))
-        return f"{self.config.tracking_base}/c/{token}"
-
-    def open_url(self, message_id: int) -> str:
-        return f"{self.config.tracking_base}/o/{self.signer.sign(Token(TokenKind.OPEN, message_id))}"
-
     # -- the work -----------------------------------------------------------------------------
 
-    def prepare(self, mail_from: str, recipients: Sequence[str], raw: bytes) -> list[Outgoing]:
+    def prepare(self, mail_from: str, recipients: Sequence[str], raw: bytes) -> Prepared:
         """The copies to forward for a transaction; blocking, run it in a thread."""
         recipients = list(recipients)
         try:
@@ -98,35 +157,84 @@ class MessageProcessor:
             marks = read_marks(headers)
         except (MimeError, MarkError) as exc:
             log.warning("forwarding unchanged, untracked: %s", exc)
-            return [Outgoing(recipients, raw, note=f"untracked: {exc}")]
+            return Prepared(
+                [Outgoing(recipients, raw, note=f"untracked: {exc}")],
+                incidents=[Incident(INCIDENT_UNPARSED, str(exc), mail_from, recipients)],
+                counters=[COUNTER_UNTRACKED],
+            )
         if marks is None:
-            return [Outgoing(recipients, raw, note="untracked: no X-HotClicks-Delivery")]
-        stripped = edit_headers(raw, remove=HEADERS)
+            return Prepared([Outgoing(recipients, raw, note="untracked")], counters=[COUNTER_UNTRACKED])
+        message_id_header = (headers.get("Message-ID") or "")[:998] or None
+        remove = list(HEADERS)
+        dkim_incident = None
+        if headers.get(_DKIM_HEADER) is not None:
+            if self.dkim is not None:
+                reason = "the message was DKIM-signed; the relay removed that signature and signed it with its own key"
+                dkim_incident = Incident(INCIDENT_DKIM_RESIGNED, reason, mail_from, recipients, None, message_id_header)
+            elif self.config.dkim_signed == "strip":
+                reason = "the message was DKIM-signed; the relay removed that signature (--dkim-signed strip)"
+                dkim_incident = Incident(INCIDENT_DKIM_STRIPPED, reason, mail_from, recipients, None, message_id_header)
+            else:
+                reason = (
+                    "forwarded unchanged, not tracked: the message was DKIM-signed and the relay has "
+                    "no key to sign it again (--dkim-key-file) nor leave to strip it (--dkim-signed strip)"
+                )
+                log.info("delivery %s: %s", marks.delivery, reason)
+                return Prepared(
+                    [Outgoing(recipients, raw, note="untracked: DKIM-signed", delivery=marks.delivery)],
+                    incidents=[Incident(INCIDENT_DKIM_KEPT, reason, mail_from, recipients, None, message_id_header)],
+                    counters=[COUNTER_UNTRACKED],
+                )
+            remove.append(_DKIM_HEADER)
+        marketing = marks.type is not DeliveryType.TRANSACTIONAL
+        mailto = None
+        if marketing:
+            mailto = _mailto_of(headers.get("List-Unsubscribe"))
+            remove.extend(_UNSUBSCRIBE_HEADERS)
+        stripped = edit_headers(raw, remove=remove)
+        incidents = [dkim_incident] if dkim_incident else []
         try:
             scanned = self._scan(stripped)
         except MimeError as exc:
-            log.warning("delivery %s: forwarding unchanged, not rewritten: %s", marks.delivery, exc)
-            return [Outgoing(recipients, stripped, note=f"not rewritten: {exc}")]
-        message_ids = self._record(marks, recipients, scanned, headers.get("Message-ID"))
+            log.warning("delivery %s: forwarding without rewriting links: %s", marks.delivery, exc)
+            incidents.append(Incident(INCIDENT_UNPARSED, f"links not rewritten: {exc}", mail_from, recipients, None, message_id_header))
+            scanned = None
+        execution_id, rows, tracked = self._record(marks, recipients, scanned or [], message_id_header, incidents)
         copies = []
-        for address, (message_id, tracked) in zip(recipients, message_ids):
-            try:
-                data = self._rewrite(stripped, scanned, message_id, tracked)
-                note = None
-            except MimeError as exc:
-                log.warning("message %s: forwarding unchanged, not rewritten: %s", message_id, exc)
-                data, note = stripped, f"not rewritten: {exc}"
-            copies.append(Outgoing([address], data, message_id, note))
-        return copies
+        for row in rows:
+            if row.suppressed:
+                continue
+            data, note = stripped, None
+            if marketing:
+                unsubscribe = links.list_unsubscribe_headers(
+                    self.signer, self.config.base_url, row.message_id, mailto=mailto
+                )
+                data = edit_headers(data, add=list(unsubscribe.items()))
+            if scanned is not None:
+                try:
+                    data = self._rewrite(data, scanned, row.message_id, tracked)
+                except MimeError as exc:
+                    log.warning("message %s: forwarding without rewriting links: %s", row.message_id, exc)
+                    note = f"links not rewritten: {exc}"
+            else:
+                note = "links not rewritten: the message could not be parsed"
+            if self.dkim is not None:
+                data = self.dkim.sign(data)
+            copies.append(Outgoing([row.address], data, row.message_id, note, marks.delivery, execution_id))
+        return Prepared(
+            copies,
+            message_ids=[row.message_id for row in rows],
+            suppressed=[row.address for row in rows if row.suppressed],
+        )
 
     def _scan(self, raw: bytes) -> list[_ScannedPart]:
         scanned = []
         for part in text_parts(raw):
             if part.subtype == "html":
-                links = rewrite.find_html_links(part.text, **self._link_options)
+                found = rewrite.find_html_links(part.text, **self._link_options)
             else:
-                links = rewrite.find_text_links(part.text, **self._link_options)
-            scanned.append(_ScannedPart(part, PART_NAMES[part.subtype], links))
+                found = rewrite.find_text_links(part.text, **self._link_options)
+            scanned.append(_ScannedPart(part, PART_NAMES[part.subtype], found))
         return scanned
 
     def _record(
@@ -135,7 +243,8 @@ class MessageProcessor:
         recipients: list[str],
         scanned: list[_ScannedPart],
         message_id_header: str | None,
-    ) -> list[tuple[int, dict[tuple[str, str], TrackedUrl]]]:
+        incidents: list[Incident],
+    ) -> tuple[int, list[_Row], dict[tuple[str, str], TrackedUrl]]:
         specs = [
             LinkSpec(
                 part=s.name,
@@ -150,6 +259,7 @@ class MessageProcessor:
         ]
         sample_html = next((s.part.text for s in scanned if s.name == "html"), None)
         sample_text = next((s.part.text for s in scanned if s.name == "text"), None)
+        marketing = marks.type is not DeliveryType.TRANSACTIONAL
         now = self.clock()
         with self.sessions.begin() as session:
             execution = resolve_execution(
@@ -161,29 +271,38 @@ class MessageProcessor:
             )
             tracked = ensure_tracked_urls(session, execution, specs)
             signature = variant_signature(specs)
-            rows = []
+            messages = []
             for address in recipients:
                 recipient = get_recipient(session, address, marks.recipient_id)
+                profile = test_profile_for(session, address)
+                keep = profile is not None or self.config.keep_recipient_samples
                 variant = ensure_variant(
                     session,
                     execution,
                     signature,
-                    html=sample_html,
-                    text=sample_text,
-                    test_profile=test_profile_for(session, address),
+                    html=sample_html if keep else None,
+                    text=sample_text if keep else None,
+                    test_profile=profile,
                 )
+                suppressed = marketing and is_unsubscribed(session, recipient.id)
                 message = Message(
                     execution_id=execution.id,
                     recipient_id=recipient.id,
                     variant_id=variant.id,
-                    status=MessageStatus.QUEUED,
-                    message_id_header=(message_id_header or "")[:998] or None,
+                    status=MessageStatus.SUPPRESSED if suppressed else MessageStatus.QUEUED,
+                    status_reply=REPLY_SUPPRESSED if suppressed else None,
+                    message_id_header=message_id_header,
                     created_at=now,
                 )
                 session.add(message)
-                rows.append(message)
+                messages.append((address, message, suppressed))
             session.flush()
-            return [(message.id, tracked) for message in rows]
+            _add_incidents(session, incidents)
+            return (
+                execution.id,
+                [_Row(address, message.id, suppressed) for address, message, suppressed in messages],
+                tracked,
+            )
 
     def _rewrite(
         self,
@@ -193,14 +312,16 @@ class MessageProcessor:
         tracked: dict[tuple[str, str], TrackedUrl],
     ) -> bytes:
         by_index = {s.part.index: s for s in scanned}
-        pixel = self.open_url(message_id) if self.config.open_pixel else None
+        base = self.config.base_url
+        pixel = links.open_url(self.signer, base, message_id) if self.config.open_pixel else None
 
         def transform(part: TextPart) -> str | None:
             s = by_index[part.index]
-            hrefs = {
-                link.index: self.click_url(message_id, tracked[(s.name, link.key)], link.url)
-                for link in s.links
-            }
+            hrefs = {}
+            for link in s.links:
+                target = tracked[(s.name, link.key)]
+                personal = None if link.url == target.url else link.url
+                hrefs[link.index] = links.click_url(self.signer, base, message_id, target.id, personal)
             if s.name == "html":
                 return rewrite.rewrite_html(part.text, hrefs, pixel_url=pixel, **self._link_options)
             if not hrefs:
@@ -209,9 +330,54 @@ class MessageProcessor:
 
         return rewrite_message(raw, transform)
 
-    def record_outcome(self, outgoing: Outgoing, status: MessageStatus, reply: str | None) -> None:
-        """Write where a copy stands after forwarding; blocking, run it in a thread."""
-        if outgoing.message_id is None:
-            return
+    # -- bookkeeping after the fact -------------------------------------------------------------
+
+    def forget(self, message_ids: Sequence[int]) -> None:
+        """Take back the broad log rows of a transaction that was refused after all (451)."""
+        if message_ids:
+            with self.sessions.begin() as session:
+                session.execute(delete(Message).where(Message.id.in_(list(message_ids))))
+
+    def record(
+        self,
+        outcomes: Iterable[tuple[int, MessageStatus, str | None]] = (),
+        incidents: Iterable[Incident] = (),
+        counters: Iterable[str] = (),
+    ) -> None:
+        """Write delivery outcomes, incidents and counters in one transaction; blocking."""
         with self.sessions.begin() as session:
-            set_message_status(session, outgoing.message_id, status, reply or outgoing.note)
+            for message_id, status, reply in outcomes:
+                values: dict[str, object] = {"status": status, "status_reply": reply}
+                if status is MessageStatus.SENT:
+                    values["sent_at"] = self.clock()
+                session.execute(update(Message).where(Message.id == message_id).values(**values))
+            _add_incidents(session, incidents)
+            day = self.clock().strftime("%Y-%m-%d")
+            for name, count in Counter(counters).items():
+                _increment(session, day, name, count)
+
+
+def _add_incidents(session: Session, incidents: Iterable[Incident]) -> None:
+    for incident in incidents:
+        session.add(
+            RelayIncident(
+                at=utcnow(),
+                kind=incident.kind,
+                reason=incident.reason,
+                message_id=incident.message_id,
+                message_id_header=incident.message_id_header,
+                mail_from=(incident.mail_from or "")[:320] or None,
+                recipients=",".join(incident.recipients) or None,
+            )
+        )
+
+
+def _increment(session: Session, day: str, name: str, count: int) -> None:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(RelayCounter).values(day=day, name=name, value=count)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["day", "name"], set_={"value": RelayCounter.value + count}
+        )
+    )

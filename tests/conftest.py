@@ -142,7 +142,7 @@ def upstream() -> Iterator[Upstream]:
 
 
 @pytest.fixture
-def relay_config(database_url: str, upstream: Upstream) -> RelayConfig:
+def relay_config(database_url: str, upstream: Upstream, tmp_path: Path) -> RelayConfig:
     return RelayConfig(
         listen=("127.0.0.1", free_port()),
         upstream=(upstream.hostname, upstream.port),
@@ -151,6 +151,7 @@ def relay_config(database_url: str, upstream: Upstream) -> RelayConfig:
         secret_key=SECRET_KEY,
         upstream_timeout=10,
         hostname="relay.test",
+        spool_dir=str(tmp_path / "spool"),
     )
 
 
