@@ -1,0 +1,788 @@
+"""Finding the trackable links of an email part and splicing new targets into it.
+
+Email HTML is fragile: a parser that re-serializes it drops the doctype, reorders attributes,
+re-quotes values and cannot see the markup Outlook renders inside ``<!--[if mso]>`` comments. So
+this module never parses and re-serializes. A tokenizer made of compiled regular expressions jumps
+from one construct of interest to the next (link tags, ``<base>``, ``</body>``, conditional
+comments), skipping every other tag, comment, doctype, CDATA section, processing instruction and
+the raw text of ``<script>``, ``<style>``, ``<title>``, ``<textarea>`` (and the other raw-text
+elements) whole, following the HTML tokenizer's rules for quoting so that a ``>`` inside a quoted
+attribute value does not end a tag. It records where each ``href`` value starts and ends;
+:func:`rewrite_html` then replaces exactly those character ranges, so every other character of the
+document stays as it was.
+
+Outlook conditional comments (``<!--[if mso]> ... <![endif]-->``) are comments to a browser, but
+Outlook renders their content: it is scanned as markup, and the ``href`` of VML elements
+(``<v:roundrect>``, ``<v:rect>``, any tag name with a ``:``) found there are links too. The
+downlevel-revealed form (``<!--[if !mso]><!-->`` ... ``<!--<![endif]-->``) is two ordinary
+comments around ordinary markup, and is scanned as such.
+
+Everything here is a plain function over strings: no I/O, no configuration read from anywhere.
+"""
+
+from __future__ import annotations
+
+import html as _html
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from html.entities import html5 as _HTML5_ENTITIES
+from typing import NamedTuple
+from urllib.parse import unquote_plus, urljoin
+
+__all__ = [
+    "Link",
+    "canonical_url",
+    "find_html_links",
+    "find_text_links",
+    "rewrite_html",
+    "rewrite_text",
+]
+
+#: Longest label kept for a link (anchor text, image alt or VML text).
+LABEL_MAX = 200
+
+#: Attribute that keeps a link out of tracking; removed from the sent HTML.
+NOTRACK_ATTRIBUTE = "data-hc-notrack"
+
+#: Attribute that names a link explicitly (its identity in the reports); removed from the sent HTML.
+NAME_ATTRIBUTE = "data-hc-link"
+
+#: The open pixel, inserted before the last ``</body>``; ``{}`` is the attribute-escaped URL.
+PIXEL_TEMPLATE = (
+    '<img src="{}" width="1" height="1" alt="" '
+    'style="display:block;border:0;width:1px;height:1px" />'
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One trackable link of an HTML or text part.
+
+    ``start``/``end`` delimit the value as written (inside the quotes), so that replacing
+    ``document[start:end]`` changes the target and nothing else.
+    """
+
+    #: Position in document order among the returned links, 0-based.
+    index: int
+    #: Offset of the first character of the href value (inside its quotes).
+    start: int
+    #: Offset just past the value.
+    end: int
+    #: ``'"'``, ``"'"`` or ``''`` for an unquoted value (and for text parts).
+    quote: str
+    #: The value as written, e.g. ``'https://x.org/?a=1&amp;b=2'``.
+    raw: str
+    #: The real target: entities decoded, whitespace and embedded newlines/tabs removed, resolved
+    #: against ``<base href>`` when relative.
+    url: str
+    #: Lower-cased tag name (``'a'``, ``'area'``, ``'v:roundrect'``...), ``'text'`` in text parts.
+    tag: str
+    #: Anchor text, else the alt of an image inside the link, else the VML element's text; or ''.
+    label: str
+    #: Value of ``data-hc-link="..."`` (an explicit link name), else None.
+    name: str | None
+    #: True inside an Outlook conditional comment ``<!--[if ...]>...<![endif]-->``.
+    conditional: bool
+    #: Identity of the link inside the document (see :func:`find_html_links`).
+    key: str
+
+
+# --------------------------------------------------------------------------------------------
+# The tokenizer
+#
+# CPython's regex engine costs a fixed amount per operation and per loop iteration, so the
+# patterns are shaped for it: long runs are single-character negations ([^<], [^"], [^-]), which
+# it scans in a tight loop; the branch taken after "<" is chosen by its first character; common
+# attributes (name="value") are read in one loop iteration; no re.IGNORECASE (tag names are
+# matched with [Aa]-style classes, which is also exactly ASCII case-insensitivity).
+#
+# The HTML tokenizer's whitespace is exactly these five characters (never \s: a no-break space
+# is an ordinary character inside an unquoted attribute value).
+_WS = "\\t\\n\\f\\r "
+
+
+def _ci(word: str) -> str:
+    """``word`` matched ASCII-case-insensitively, as HTML matches tag names."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# The rest of a tag after its name: attributes as the HTML tokenizer reads them. A quote only
+# opens a quoted value right after "=" (an attribute name or an unquoted value may contain
+# quotes); "/" between attributes is skipped; the tag ends at the first ">" outside a quoted
+# value. An unterminated quoted value runs to the end of the document, where the match then fails
+# (possessive loop): the tag is dropped, as a browser drops a tag cut by the end of the file.
+_VALUE = rf"""(?:"[^"]*+(?:"|\Z)|'[^']*+(?:'|\Z)|[^{_WS}>"'][^{_WS}>]*+)"""
+_ATTRS = rf"(?:[{_WS}/]*+[^{_WS}/>][^{_WS}/>=]*+(?:[{_WS}]*+=[{_WS}]*+{_VALUE}?)?)*+[{_WS}/]*+>"
+# The common case, read faster: plain names, each with a double-quoted value. When it matches,
+# it is the tokenizer's reading; when it does not, _ATTRS reads the tag from its name again.
+_COMMON_ATTRS = rf"""(?:[{_WS}]++[^{_WS}/>="'<]++="[^"]*+")*+[{_WS}/]*+>"""
+_TAGREST = rf"(?:{_COMMON_ATTRS}|{_ATTRS})"
+_NAME = rf"[A-Za-z][^{_WS}/>]*+"
+_END = rf"(?=[{_WS}/>])"  # what may follow a tag name
+# Elements whose content is raw text (no markup inside); plaintext runs to the end.
+_RAW_ELEMENTS = ("script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes")
+# A conditional comment opener (after "<!"). The downlevel-revealed one, followed at once by
+# "<!-->" or a similar comment end, is an ordinary comment whose content is ordinary markup.
+_COND_OPEN = rf"--\[{_ci('if')}[^\]<>]*+\]>"
+_DOWNLEVEL_REVEALED = rf"{_COND_OPEN}[{_WS}]*+<![^<>]*?-->"
+_COMMENT = rf"--(?!{_COND_OPEN[2:]})(?:-?>|(?:[^-]++|-(?!-!?>))*+(?:--!?>|\Z))"
+_CDATA = r"\[CDATA\[(?:[^\]]++|\](?!\]>))*+(?:\]\]>|\Z)"
+_ENDIF = rf"!\[{_ci('endif')}\]"
+
+
+def _scanner(conditional: bool) -> re.Pattern[str]:
+    """The scanner for the top level, or for the inside of a conditional comment.
+
+    One match skips every construct of no interest (possessively, so nothing is ever re-read
+    from inside a value or a comment) and stops on the next one of interest, which it names.
+    Of interest at the top level: ``<a>``, ``<area>``, ``<base>``, ``</body>``, a conditional
+    comment opener. Inside a conditional comment: ``<a>``, ``<area>``, tags whose name has a
+    ``:`` (VML), a nested opener and ``<![endif]``.
+    """
+    # Inside a conditional comment a tag name with ":" is of interest, so generic names stop
+    # short of one.
+    name_rest = rf"[^{_WS}/>:]*+(?!:)" if conditional else rf"[^{_WS}/>]*+"
+    tag = name_rest + _TAGREST
+    special: dict[str, list[str]] = {}
+    for element in (*_RAW_ELEMENTS, "plaintext"):
+        special.setdefault(element[0], []).append(element)
+    branches = []
+    for first, elements in sorted(special.items()):
+        options = []
+        for element in elements:
+            if element == "plaintext":
+                options.append(rf"{_ci(element[1:])}{_END}[\s\S]*+")
+            else:
+                content = rf"(?:[^<]++|<(?!/{_ci(element)}[{_WS}/>]))*+"
+                options.append(rf"{_ci(element[1:])}{_END}{_TAGREST}{content}")
+        branches.append(rf"{_ci(first)}(?:{'|'.join(options)}|{tag})")
+    generic = "".join(sorted(set("abcdefghijklmnopqrstuvwxyz") - set(special) - set("ab")))
+    branches.insert(0, rf"[{generic}{generic.upper()}]{tag}")  # the most common first
+    branches.append(rf"[Aa](?!{_END}|{_ci('rea')}{_END}){tag}")
+    if conditional:
+        branches.append(rf"[Bb]{tag}")
+        end_tag = rf"/[A-Za-z][^{_WS}/>]*+{_TAGREST}"
+        bogus = rf"(?!--|{_ENDIF[1:]})[^>]*+>?"
+        interest = (
+            rf"(?P<link><[Aa](?:{_ci('rea')})?{_END}{_TAGREST})"
+            rf"|(?P<vml><[A-Za-z][^{_WS}/>:]*+:[^{_WS}/>]*+{_TAGREST})"
+            rf"|(?P<cond><!{_COND_OPEN})"
+            rf"|(?P<endif><{_ENDIF}[^>]*+>?)"
+        )
+    else:
+        branches.append(rf"[Bb](?!{_ci('ase')}{_END}){tag}")
+        end_tag = rf"/(?!{_ci('body')}{_END})[A-Za-z][^{_WS}/>]*+{_TAGREST}"
+        bogus = r"(?!--)[^>]*+>?"
+        interest = (
+            rf"(?P<link><[Aa](?:{_ci('rea')})?{_END}{_TAGREST})"
+            rf"|(?P<base><{_ci('base')}{_END}{_TAGREST})"
+            rf"|(?P<cond><!{_COND_OPEN})"
+            rf"|(?P<body></{_ci('body')}{_END}{_TAGREST})"
+        )
+    branches += [
+        end_tag,
+        rf"!(?:{_DOWNLEVEL_REVEALED}|{_COMMENT}|{_CDATA}|{bogus})",
+        r"/(?![A-Za-z])[^>]*+>?",  # "</" and no name: a bogus comment ("</>" is nothing)
+        r"\?[^>]*+>?",  # processing instruction: a bogus comment
+        r"(?![A-Za-z!/?])",  # a "<" that is text
+    ]
+    skip = rf"[^<]*+(?:<(?:{'|'.join(branches)})[^<]*+)*+"
+    # "bad" is an unterminated tag at the end of the document: nothing more to find.
+    return re.compile(rf"{skip}(?:{interest}|(?P<eof>\Z)|(?P<bad>))")
+
+
+_SCAN_TOP = _scanner(conditional=False)
+_SCAN_COND = _scanner(conditional=True)
+
+# The attributes of a tag of interest, read the same way as _TAGREST reads them.
+_ATTR = re.compile(
+    rf"(?P<ws>[{_WS}]*)(?P<name>[^{_WS}/>][^{_WS}/>=]*)"
+    rf"(?:[{_WS}]*=[{_WS}]*(?:\"(?P<dq>[^\"]*)\"?|'(?P<sq>[^']*)'?|(?P<uq>[^{_WS}>\"'][^{_WS}>]*)))?"
+)
+_TAG_NAME = re.compile(_NAME)
+# The first href of a tag of interest, read the same way (the tag's attributes up to it skipped).
+_HREF = re.compile(
+    rf"(?:[{_WS}/]*+(?!{_ci('href')}[{_WS}/>=])[^{_WS}/>][^{_WS}/>=]*+"
+    rf"(?:[{_WS}]*+=[{_WS}]*+{_VALUE}?)?)*+[{_WS}/]*+{_ci('href')}(?=[{_WS}/>=])"
+    rf"(?:[{_WS}]*+=[{_WS}]*+(?:\"(?P<dq>[^\"]*)\"|'(?P<sq>[^']*)'|(?P<uq>[^{_WS}>\"'][^{_WS}>]*+)))?"
+)
+#: Marker attributes start with this; a tag without it needs no attribute-by-attribute reading.
+_MARKER_PREFIX = "data-hc-"
+
+# --------------------------------------------------------------------------------------------
+# Values
+
+
+_CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[A-Za-z][A-Za-z0-9]*;?)")
+_LEGACY_MAX = max(len(name) for name in _HTML5_ENTITIES if not name.endswith(";"))
+
+
+def _attr_charref(match: re.Match[str]) -> str:
+    text = match.group(0)
+    if text[1] == "#":
+        return _html.unescape(text)
+    name = match.group(1)
+    if name.endswith(";") and name in _HTML5_ENTITIES:
+        return _HTML5_ENTITIES[name]
+    # A named reference without ";" is one of the legacy names, the longest that fits. Inside
+    # an attribute it is left as written when followed by "=" or an alphanumeric character
+    # (so "?a=1&copy=2" keeps its "&copy").
+    for size in range(min(len(name), _LEGACY_MAX), 1, -1):
+        prefix = name[:size]
+        if prefix in _HTML5_ENTITIES:
+            if size < len(name):
+                return text  # followed by an alphanumeric character
+            following = match.string[match.end() : match.end() + 1]
+            if following == "=":
+                return text
+            return _HTML5_ENTITIES[prefix]
+    return text
+
+
+def _unescape_attr(value: str) -> str:
+    """An attribute value as a browser reads it (the HTML rules for references in attributes)."""
+    if "&" not in value:
+        return value
+    return _CHARREF.sub(_attr_charref, value)
+
+
+def _escape_attr(value: str, quote: str) -> str:
+    value = value.replace("&", "&amp;")
+    if quote == "'":
+        return value.replace("'", "&#39;")
+    return value.replace('"', "&quot;")
+
+
+# What the URL parser strips around a URL (C0 controls and space), and removes from inside it.
+_URL_STRIP = "".join(chr(c) for c in range(0x21))
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
+_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://([^/?#\\]*)")
+#: Unrendered template placeholders: such an href is the template engine's, not ours to track.
+_PLACEHOLDER = re.compile(
+    r"\{\{.*?\}\}|\{%.*?%\}|\*\|.*?\|\*|%%[^%]+%%|<%.*?%>|\$\{.*?\}|%7B%7B.*?%7D%7D|\[[^\[\]]*\]",
+    re.DOTALL | re.IGNORECASE,
+)
+_PLACEHOLDER_HINTS = ("{", "|", "%%", "[", "<%", "%7")
+_IPV6_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^/?#@\[]*@)?\[[0-9A-Fa-f:.]+\]")
+
+
+def _clean_url(value: str) -> str:
+    value = value.strip(_URL_STRIP)
+    if "\n" in value or "\t" in value or "\r" in value:
+        value = value.replace("\n", "").replace("\t", "").replace("\r", "")
+    return value
+
+
+def _has_placeholder(url: str) -> bool:
+    if not any(hint in url for hint in _PLACEHOLDER_HINTS):
+        return False
+    if "[" in url:
+        url = _IPV6_AUTHORITY.sub("", url, count=1)  # an IPv6 host is not a placeholder
+    return _PLACEHOLDER.search(url) is not None
+
+
+def _host(url: str) -> str:
+    """The lower-cased host of an absolute URL with an authority, or ''."""
+    authority = _AUTHORITY.match(url)
+    if authority is None:
+        return ""
+    host = authority.group(1).rpartition("@")[2]
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1].lower() if end > 0 else ""
+    return host.partition(":")[0].rstrip(".").lower()
+
+
+class _Options(NamedTuple):
+    """The options every function takes, normalized and hashable (for the caches)."""
+
+    personal: frozenset[str]
+    excluded: tuple[str, ...]
+    prefixes: tuple[str, ...]
+
+    @classmethod
+    def of(
+        cls,
+        personal_params: Collection[str],
+        excluded_domains: Collection[str],
+        tracked_prefixes: Collection[str],
+    ) -> _Options:
+        for name, value in (
+            ("personal_params", personal_params),
+            ("excluded_domains", excluded_domains),
+            ("tracked_prefixes", tracked_prefixes),
+        ):
+            if isinstance(value, str):
+                raise TypeError(f"{name} is a collection of strings, not a string")
+        excluded = (d.strip().strip(".").lower() for d in excluded_domains)
+        return cls(
+            frozenset(personal_params),
+            tuple(d for d in excluded if d),
+            tuple(p for p in tracked_prefixes if p),
+        )
+
+    def target(self, url: str, base: str | None) -> str | None:
+        """The absolute http(s) target of a cleaned value, or None when it is not tracked."""
+        if not url or url[0] == "#" or _has_placeholder(url):
+            return None
+        scheme = _SCHEME.match(url)
+        if scheme is None:
+            if base is None:
+                return None
+            url = urljoin(base, url)
+            scheme = _SCHEME.match(url)
+            if scheme is None:
+                return None
+        if scheme.group(1).lower() not in ("http", "https"):
+            return None
+        host = _host(url)
+        if not host:
+            return None
+        for domain in self.excluded:
+            if host == domain or host.endswith("." + domain):
+                return None
+        if self.prefixes and url.startswith(self.prefixes):
+            return None
+        return url
+
+
+def canonical_url(url: str, personal_params: Collection[str]) -> str:
+    """The target without its personal query parameters, the others kept as written and in order.
+
+    A parameter is personal when its (percent-decoded) name is in ``personal_params``. The
+    fragment is kept. When no parameter is left, the ``?`` goes too.
+    """
+    if not personal_params or "?" not in url:
+        return url
+    personal = personal_params if isinstance(personal_params, (set, frozenset)) else set(personal_params)
+    hash_at = url.find("#")
+    head, fragment = (url, "") if hash_at < 0 else (url[:hash_at], url[hash_at:])
+    query_at = head.find("?")
+    if query_at < 0:
+        return url
+    parts = head[query_at + 1 :].split("&")
+    kept = [p for p in parts if unquote_plus(p.partition("=")[0]) not in personal]
+    if len(kept) == len(parts):
+        return url
+    query = "&".join(kept)
+    return head[:query_at] + ("?" + query if query else "") + fragment
+
+
+# --------------------------------------------------------------------------------------------
+# Labels
+
+_STRIP_MARKUP = re.compile(
+    r"<!--[\s\S]*?(?:-->|\Z)|<(?:script|style)\b[\s\S]*?(?:</(?:script|style)\s*>|\Z)"
+    r"|<[A-Za-z/!?](?:[^>\"']++|\"[^\"]*\"|'[^']*')*+>?",
+    re.IGNORECASE,
+)
+_SPACES = re.compile(r"\s+")
+_IMG_ALT = re.compile(
+    r"<img\b(?:[^>\"']++|\"[^\"]*\"|'[^']*')*?[\s\"'/]alt\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+))",
+    re.IGNORECASE,
+)
+#: How far after a link tag its text is looked for.
+_LABEL_WINDOW = 20000
+_LABEL_END: dict[str, re.Pattern[str]] = {}
+
+
+def _label_end(tag: str) -> re.Pattern[str]:
+    """Where the text of a link element ends: its end tag, the next link, the conditional's end."""
+    pattern = _LABEL_END.get(tag)
+    if pattern is None:
+        if tag == "a":
+            pattern = re.compile(rf"</?{_ci('a')}[{_WS}/>]|<{_ENDIF}")
+        else:
+            pattern = re.compile(rf"</{_ci(tag)}[{_WS}/>]|<{_ENDIF}")
+        _LABEL_END[tag] = pattern
+    return pattern
+
+
+def _clip(text: str) -> str:
+    return _SPACES.sub(" ", text).strip()[:LABEL_MAX]
+
+
+def _label(doc: str, tag: str, tag_end: int, alt: str) -> str:
+    """The anchor text, else an image's alt inside the link, else the VML element's text."""
+    if tag == "area":
+        return _clip(alt)
+    if tag != "a" and doc[tag_end - 2 : tag_end] == "/>":
+        return ""  # a self-closed VML element has no text
+    limit = min(len(doc), tag_end + _LABEL_WINDOW)
+    end = _label_end(tag).search(doc, tag_end, limit)
+    fragment = doc[tag_end : end.start() if end else limit]
+    label = _clip(_html.unescape(_STRIP_MARKUP.sub(" ", fragment)))
+    if not label:
+        image = _IMG_ALT.search(fragment)
+        if image:
+            label = _clip(_html.unescape(next(g for g in image.groups() if g is not None)))
+    return label
+
+
+# --------------------------------------------------------------------------------------------
+# Scanning
+
+
+class _Href(NamedTuple):
+    """A link element's href as scanned, before trackability is decided."""
+
+    start: int
+    end: int
+    quote: str
+    raw: str
+    clean: str  # entities decoded, whitespace removed
+    tag: str
+    tag_end: int
+    alt: str  # an <area>'s alt, for its label
+    name: str | None
+    conditional: bool
+
+
+class _Scan(NamedTuple):
+    hrefs: tuple[_Href, ...]
+    markers: tuple[tuple[int, int], ...]  # marker attributes to remove
+    base: str | None  # the first <base href>, when absolute http(s)
+    body: int | None  # where the last </body> starts
+
+
+_SEPARATORS = frozenset("\t\n\f\r />")
+
+
+def _marker_span(doc: str, attr: re.Match[str]) -> tuple[int, int]:
+    """A marker attribute with the whitespace before it, unless the next attribute follows it
+    without whitespace (``data-hc-link="x"href=...``): that whitespace then stays."""
+    if doc[attr.end() : attr.end() + 1] in _SEPARATORS:
+        return attr.start(), attr.end()
+    return attr.start("name"), attr.end()
+
+
+def _attr_value(attr: re.Match[str]) -> str:
+    for group in ("dq", "sq", "uq"):
+        value = attr.group(group)
+        if value is not None:
+            return _unescape_attr(value)
+    return ""
+
+
+def _read_link_tag(
+    doc: str, start: int, end: int, conditional: bool, markers: list[tuple[int, int]]
+) -> _Href | None:
+    """The href of the link element ``doc[start:end]``; its marker attributes go to ``markers``."""
+    name_end = _TAG_NAME.match(doc, start + 1).end()  # type: ignore[union-attr]
+    tag = doc[start + 1 : name_end].lower()
+    link_name: str | None = None
+    alt = ""
+    if tag == "area" or _MARKER_PREFIX in doc[name_end:end].lower():
+        # Read every attribute: markers to remove, the link's name, an area's alt.
+        href: re.Match[str] | None = None
+        notrack = False
+        for a in _ATTR.finditer(doc, name_end, end - 1):
+            attr = a.group("name").lower()
+            if attr == "href":
+                if href is None:
+                    href = a
+            elif attr == NOTRACK_ATTRIBUTE:
+                notrack = True
+                markers.append(_marker_span(doc, a))
+            elif attr == NAME_ATTRIBUTE:
+                markers.append(_marker_span(doc, a))
+                if link_name is None:
+                    link_name = _attr_value(a).strip() or None
+            elif attr == "alt" and not alt:
+                alt = _attr_value(a)
+        if href is None or notrack:
+            return None
+    else:
+        href = _HREF.match(doc, name_end, end)
+        if href is None:
+            return None
+    for group, quote in (("dq", '"'), ("sq", "'"), ("uq", "")):
+        if href.start(group) >= 0:
+            value_start, value_end = href.span(group)
+            break
+    else:  # "href" without a value
+        value_start = value_end = href.end()
+        quote = ""
+    raw = doc[value_start:value_end]
+    clean = _clean_url(_unescape_attr(raw) if "&" in raw else raw)
+    return _Href(
+        value_start, value_end, quote, raw, clean, tag, end, alt, link_name, conditional
+    )
+
+
+@lru_cache(maxsize=16)
+def _scan(doc: str) -> _Scan:
+    """Every link element's href, the marker attributes, the base URL and the last ``</body>``.
+
+    Hrefs marked ``data-hc-notrack`` are left out. Cached, as :func:`_trackable`: the relay finds
+    the links of a part once and then rewrites the part once per recipient.
+    """
+    hrefs: list[_Href] = []
+    markers: list[tuple[int, int]] = []
+    base: str | None = None
+    base_seen = False
+    body: int | None = None
+    depth = 0
+    pos = 0
+    scan = _SCAN_TOP.match
+    while True:
+        m = scan(doc, pos)
+        kind = m.lastgroup
+        pos = m.end()
+        if kind == "link" or kind == "vml":
+            href = _read_link_tag(doc, m.start(kind), pos, depth > 0, markers)
+            if href is not None:
+                hrefs.append(href)
+        elif kind == "cond":
+            depth += 1
+            scan = _SCAN_COND.match
+        elif kind == "endif":
+            depth -= 1
+            if depth == 0:
+                scan = _SCAN_TOP.match
+        elif kind == "base":
+            if not base_seen:
+                a = _HREF.match(doc, m.start(kind) + 5, pos)
+                if a is not None:
+                    # The document's base URL is the first <base> with an href.
+                    base_seen = True
+                    candidate = _clean_url(_attr_value(a))
+                    scheme = _SCHEME.match(candidate)
+                    if scheme and scheme.group(1).lower() in ("http", "https"):
+                        base = candidate
+        elif kind == "body":
+            body = m.start(kind)
+        else:  # "eof", or "bad": an unterminated tag, which ends the document
+            return _Scan(tuple(hrefs), tuple(markers), base, body)
+
+
+@lru_cache(maxsize=16)
+def _trackable(doc: str, options: _Options) -> tuple[tuple[_Href, str], ...]:
+    """The trackable hrefs of a document, each with its target."""
+    scan = _scan(doc)
+    kept = []
+    for href in scan.hrefs:
+        target = options.target(href.clean, scan.base)
+        if target is not None:
+            kept.append((href, target))
+    return tuple(kept)
+
+
+def _keys(
+    targets: list[str], names: list[str | None], conditional: list[bool], personal: frozenset[str]
+) -> list[str]:
+    canonical = [canonical_url(t, personal) for t in targets]
+    following: list[int | None] = [None] * len(targets)
+    last: dict[str, int] = {}
+    for i in range(len(targets) - 1, -1, -1):
+        following[i] = last.get(canonical[i])
+        last[canonical[i]] = i
+    keys: list[str] = [""] * len(targets)
+    occurrences: dict[str, int] = {}
+    for i, target in enumerate(canonical):
+        if keys[i]:
+            continue  # the twin of an earlier conditional link
+        twin = following[i] if conditional[i] else None
+        if twin is not None and conditional[twin]:
+            twin = None
+        n = occurrences[target] = occurrences.get(target, 0) + 1
+        name = (names[twin] if twin is not None else None) or names[i]
+        keys[i] = name or f"{target}#{n}"
+        if twin is not None:
+            keys[twin] = keys[i]
+    return keys
+
+
+def find_html_links(
+    html: str,
+    *,
+    personal_params: Collection[str] = (),
+    excluded_domains: Collection[str] = (),
+    tracked_prefixes: Collection[str] = (),
+) -> list[Link]:
+    """The trackable links of an HTML document, in document order.
+
+    Trackable: the ``href`` of ``<a>`` and ``<area>`` anywhere, and of any VML element (a tag
+    name with a ``:``, like ``v:roundrect``) inside an Outlook conditional comment, whose target
+    is an http(s) URL with a host. Relative hrefs resolve against the document's ``<base href>``
+    when it has one (and are left alone when it has none). Left alone: other schemes (``mailto:``,
+    ``tel:``, ``javascript:``...), ``#anchors``, empty hrefs, ``http://`` without a host, hrefs
+    holding an unrendered template placeholder (``{{...}}``, ``{%...%}``, ``*|...|*``,
+    ``%%...%%``, ``[...]``, ``<%...%>``, ``${...}``), hosts equal to or under one of
+    ``excluded_domains``, targets starting with one of ``tracked_prefixes`` (already tracked), and
+    links marked ``data-hc-notrack``. Nothing in comments, ``<script>``, ``<style>``, ``<title>``
+    or ``<textarea>`` is a link, except inside conditional comments, which Outlook renders.
+
+    ``key`` is the identity of a link inside the document (the relay gives each key one tracked
+    URL of the execution):
+
+    - the ``data-hc-link="..."`` name when the link has one;
+    - else ``canonical_url(url, personal_params) + "#" + n``, where ``n`` counts the occurrences
+      of that canonical target among the document's links (named ones included), 1-based. Two
+      links to the same URL in two places are ``...#1`` and ``...#2``: two tracked URLs.
+    - A bulletproof button is written twice, a VML element inside ``<!--[if mso]>`` for Outlook
+      and an ``<a>`` for everyone else, and it must count once. So a link inside a conditional
+      comment whose next link to the same canonical target is outside any conditional comment
+      shares that twin's key, and the pair is one occurrence. The pair's key is the twin's name,
+      else the conditional link's name, else the target with its occurrence. Several links can
+      therefore share a key, by design.
+
+    ``personal_params`` are query parameters that identify the recipient (left out of the key, so
+    every recipient's copy of a link maps to the same tracked URL).
+    """
+    options = _Options.of(personal_params, excluded_domains, tracked_prefixes)
+    kept = _trackable(html, options)
+    keys = _keys(
+        [target for _, target in kept],
+        [h.name for h, _ in kept],
+        [h.conditional for h, _ in kept],
+        options.personal,
+    )
+    return [
+        Link(
+            i,
+            h.start,
+            h.end,
+            h.quote,
+            h.raw,
+            target,
+            h.tag,
+            _label(html, h.tag, h.tag_end, h.alt),
+            h.name,
+            h.conditional,
+            keys[i],
+        )
+        for i, (h, target) in enumerate(kept)
+    ]
+
+
+def rewrite_html(
+    html: str,
+    hrefs: Mapping[int, str],
+    *,
+    personal_params: Collection[str] = (),
+    excluded_domains: Collection[str] = (),
+    tracked_prefixes: Collection[str] = (),
+    pixel_url: str | None = None,
+) -> str:
+    """The document with link ``i``'s href value replaced by ``hrefs[i]``; nothing else changes.
+
+    ``i`` is the ``index`` of :func:`find_html_links` called with the same options; links not in
+    ``hrefs`` keep their target. New values are escaped for the attribute (``&`` and the quote);
+    an unquoted value gets double quotes. The marker attributes ``data-hc-notrack`` and
+    ``data-hc-link`` are removed from link elements, with the whitespace before them. With
+    ``pixel_url``, the open pixel is inserted right before the last ``</body>``, or at the end of
+    a document without one. Raises ValueError for an index that is not one of the links.
+    """
+    options = _Options.of(personal_params, excluded_domains, tracked_prefixes)
+    scan = _scan(html)
+    links = _trackable(html, options) if hrefs else ()
+    edits: list[tuple[int, int, str]] = [(s, e, "") for s, e in scan.markers]
+    for index, value in hrefs.items():
+        if not 0 <= index < len(links):
+            raise ValueError(f"no link {index!r}: the document has {len(links)} trackable links")
+        link = links[index][0]
+        if link.quote:
+            edits.append((link.start, link.end, _escape_attr(value, link.quote)))
+        else:
+            edits.append((link.start, link.end, '"' + _escape_attr(value, '"') + '"'))
+    if pixel_url is not None:
+        at = len(html) if scan.body is None else scan.body
+        edits.append((at, at, PIXEL_TEMPLATE.format(_escape_attr(pixel_url, '"'))))
+    return _splice(html, edits)
+
+
+def _splice(doc: str, edits: list[tuple[int, int, str]]) -> str:
+    if not edits:
+        return doc
+    edits.sort(key=lambda e: (e[0], e[1]))
+    pieces = []
+    pos = 0
+    for start, end, value in edits:
+        pieces.append(doc[pos:start])
+        pieces.append(value)
+        pos = end
+    pieces.append(doc[pos:])
+    return "".join(pieces)
+
+
+# --------------------------------------------------------------------------------------------
+# Text parts
+
+_TEXT_URL = re.compile(
+    r"<(?P<angled>(?:https?://|www\.)[^\s<>]+)>"
+    r"|(?P<bare>(?<![A-Za-z0-9+.\-])https?://[^\s<>\"“”«»]+|(?<![\w@./+\-])www\.[^\s<>\"“”«»]+)",
+    re.IGNORECASE,
+)
+_TRAILING = ".,;:!?'’\"”»"
+
+
+def _trim(url: str) -> str:
+    while url:
+        last = url[-1]
+        if last in _TRAILING:
+            url = url[:-1]
+        elif last == ")" and url.count("(") < url.count(")"):
+            url = url[:-1]
+        elif last == "]" and url.count("[") < url.count("]"):
+            url = url[:-1]
+        else:
+            break
+    return url
+
+
+def _text_links(text: str, options: _Options) -> list[Link]:
+    spans: list[tuple[int, int, str, str]] = []
+    for m in _TEXT_URL.finditer(text):
+        if m.group("angled") is not None:
+            start, written = m.start("angled"), m.group("angled")
+        else:
+            start, written = m.start("bare"), _trim(m.group("bare"))
+        url = "http://" + written if written[:4].lower() == "www." else written
+        target = options.target(url, None)
+        if target is not None:
+            spans.append((start, start + len(written), written, target))
+    keys = _keys(
+        [t for *_, t in spans], [None] * len(spans), [False] * len(spans), options.personal
+    )
+    return [
+        Link(i, s, e, "", raw, t, "text", "", None, False, keys[i])
+        for i, (s, e, raw, t) in enumerate(spans)
+    ]
+
+
+def find_text_links(
+    text: str,
+    *,
+    personal_params: Collection[str] = (),
+    excluded_domains: Collection[str] = (),
+    tracked_prefixes: Collection[str] = (),
+) -> list[Link]:
+    """The trackable URLs of a plain-text part, in order.
+
+    Bare ``http://``/``https://`` URLs, ``www.`` URLs (whose ``url`` is ``http://www....`` while
+    the span is the text as written) and URLs in ``<...>``. Trailing ``.,;:!?``, closing quotes
+    and a ``)`` or ``]`` the URL does not open stay out of it. Exclusions and keys are those of
+    :func:`find_html_links`.
+    """
+    return _text_links(text, _Options.of(personal_params, excluded_domains, tracked_prefixes))
+
+
+def rewrite_text(
+    text: str,
+    hrefs: Mapping[int, str],
+    *,
+    personal_params: Collection[str] = (),
+    excluded_domains: Collection[str] = (),
+    tracked_prefixes: Collection[str] = (),
+) -> str:
+    """The text with URL ``i`` (as :func:`find_text_links` numbers them) replaced by ``hrefs[i]``."""
+    links = _text_links(text, _Options.of(personal_params, excluded_domains, tracked_prefixes))
+    edits = []
+    for index, value in hrefs.items():
+        if not 0 <= index < len(links):
+            raise ValueError(f"no link {index!r}: the text has {len(links)} trackable links")
+        edits.append((links[index].start, links[index].end, value))
+    return _splice(text, edits)
