@@ -37,7 +37,7 @@ import difflib
 import email.message
 import email.policy
 import re
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -73,6 +73,8 @@ _CONTENT_FIELD = re.compile(
     rb"^(content-(?:type|transfer-encoding|disposition))[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)",
     re.I | re.M,
 )
+#: Words for locating changes: runs of URL-ish bytes, and runs of what ends a URL.
+_WORDS = re.compile(rb"[^\s\"'<>]+|[\s\"'<>]+")
 #: Bytes a quoted-printable line may carry literally (RFC 2045 6.7): tab, space, 33-60, 62-126.
 _QP_UNSAFE = re.compile(rb"[^\t !-<>-~]")
 _B64_ALPHABET = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
@@ -350,7 +352,10 @@ def _split_multipart(
     break before a delimiter belongs to the delimiter. Without a close delimiter the last part
     runs to the end of the enclosing part (less the message's final line break).
     """
-    needle = b"--" + boundary.encode("ascii", "surrogateescape")
+    try:
+        needle = b"--" + boundary.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:
+        raise MimeError(f"{where}: the boundary {boundary!r} is not ASCII") from None
     parts: list[tuple[int, int]] = []
     part_start = -1
     found = _find_delimiter(raw, needle, start, start, end)
@@ -622,8 +627,12 @@ def _qp_rewrite(body: bytes, old: bytes, new: bytes, eol: bytes) -> bytes:
     copied = 0  # first line not yet copied or replaced
     group: list[int] | None = None  # [first line, last line, new start, new end]
     for o1, o2, n1, n2 in _changes(old, new):
-        first = min(bisect_right(starts, o1) - 1, last)
-        final = min(bisect_right(starts, max(o2 - 1, o1)) - 1, last)
+        if o1 == o2 and group is not None:
+            # An insertion between two lines goes with the line before: the line after stays.
+            first = final = min(max(bisect_left(starts, o1) - 1, 0), last)
+        else:
+            first = min(bisect_right(starts, o1) - 1, last)
+            final = first if o1 == o2 else min(bisect_right(starts, o2 - 1) - 1, last)
         if group is not None and first <= group[1]:
             group[1] = max(group[1], final)
             group[3] = n2 + starts[group[1] + 1] - o2
@@ -650,43 +659,51 @@ def _qp_flush(
 def _changes(old: bytes, new: bytes) -> list[tuple[int, int, int, int]]:
     """Where ``new`` differs from ``old``: (old start, old end, new start, new end), in order.
 
-    Lines are compared first (cheap, and a transform that rewrites URLs keeps the line
-    structure), then each differing run of lines is narrowed to its changed bytes.
+    The common head and tail are cut off first; of the rest, lines are compared, then the
+    words of each differing run of lines (a URL is one word: it ends at whitespace, a quote or
+    an angle bracket), then the bytes of each differing run of words. A rewrite of the URLs of
+    a long HTML line thus yields one small change per URL, not one from the first to the last.
     """
-    old_lines = _lines(old)
-    new_lines = _lines(new)
-    n = min(len(old_lines), len(new_lines))
+    head = _common_prefix(old, new)
+    tail = _common_suffix(old, new, min(len(old), len(new)) - head)
+    old, new = old[head : len(old) - tail], new[head : len(new) - tail]
+    changes = []
+    for o1, o2, n1, n2 in _diff(_lines(old), _lines(new)):
+        a, b = old[o1:o2], new[n1:n2]
+        for a1, a2, b1, b2 in _diff(_WORDS.findall(a), _WORDS.findall(b)):
+            x, y = a[a1:a2], b[b1:b2]
+            prefix = _common_prefix(x, y)
+            suffix = _common_suffix(x, y, min(len(x), len(y)) - prefix)
+            o, n = head + o1, head + n1
+            changes.append((o + a1 + prefix, o + a2 - suffix, n + b1 + prefix, n + b2 - suffix))
+    return changes
+
+
+def _diff(old: list[bytes], new: list[bytes]) -> list[tuple[int, int, int, int]]:
+    """Byte ranges (old start, old end, new start, new end) of the differing runs of items."""
+    n = min(len(old), len(new))
     head = 0
-    while head < n and old_lines[head] == new_lines[head]:
+    while head < n and old[head] == new[head]:
         head += 1
     tail = 0
-    while tail < n - head and old_lines[-1 - tail] == new_lines[-1 - tail]:
+    while tail < n - head and old[-1 - tail] == new[-1 - tail]:
         tail += 1
-    old_end = len(old_lines) - tail
-    new_end = len(new_lines) - tail
-    if old_end - head == new_end - head:
-        blocks = [
-            (i, i + 1, i, i + 1) for i in range(head, old_end) if old_lines[i] != new_lines[i]
-        ]
+    old_end = len(old) - tail
+    new_end = len(new) - tail
+    if old_end == new_end:  # same count: items pair up (the usual case of a URL rewrite)
+        runs = [(i, i + 1, i, i + 1) for i in range(head, old_end) if old[i] != new[i]]
     else:
-        matcher = difflib.SequenceMatcher(
-            None, old_lines[head:old_end], new_lines[head:new_end], autojunk=False
-        )
-        blocks = [
+        matcher = difflib.SequenceMatcher(None, old[head:old_end], new[head:new_end])
+        runs = [
             (i1 + head, i2 + head, j1 + head, j2 + head)
             for tag, i1, i2, j1, j2 in matcher.get_opcodes()
             if tag != "equal"
         ]
-    old_starts = [0, *accumulate(map(len, old_lines))]
-    new_starts = [0, *accumulate(map(len, new_lines))]
-    changes = []
-    for i1, i2, j1, j2 in blocks:
-        o1, o2, n1, n2 = old_starts[i1], old_starts[i2], new_starts[j1], new_starts[j2]
-        a, b = old[o1:o2], new[n1:n2]
-        prefix = _common_prefix(a, b)
-        suffix = _common_suffix(a, b, min(len(a), len(b)) - prefix)
-        changes.append((o1 + prefix, o2 - suffix, n1 + prefix, n2 - suffix))
-    return changes
+    if not runs:
+        return []
+    old_starts = [0, *accumulate(map(len, old))]
+    new_starts = [0, *accumulate(map(len, new))]
+    return [(old_starts[i1], old_starts[i2], new_starts[j1], new_starts[j2]) for i1, i2, j1, j2 in runs]
 
 
 def _lines(data: bytes) -> list[bytes]:
