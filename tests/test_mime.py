@@ -788,3 +788,58 @@ def test_random_multipart_messages(message: tuple[bytes, bytes, list[tuple[bool,
         assert new.endswith(eol) and old.endswith(eol)
         if b"http://a.example/" not in binascii.a2b_qp(old) and b"-Encoding: 7bit" in old_header:
             assert new == old
+
+
+QP_FRAGMENTS = st.sampled_from(
+    [b"a", b"word ", b" ", b"\t", b"=3D", b"==", b"=0A", b"=0D", b"=E9", b"=\r\n", b"=\n",
+     b"\r\n", b"\n", b"=\rX\n", b"=4", b"= \r\n", b"\r", b"http://a.example/page", b"\xe9"]
+)
+INSERTS = st.lists(
+    st.sampled_from(["x", "\n", "\r\n", " ", "\t", "=", "é", "https://track.example/x/123"]),
+    max_size=4,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.lists(QP_FRAGMENTS, max_size=40).map(b"".join),
+    cut=st.tuples(st.floats(0, 1), st.integers(0, 6)),
+    insert=INSERTS,
+    eol=st.sampled_from([b"\n", b"\r\n"]),
+)
+def test_quoted_printable_of_any_shape_decodes_to_the_new_text(
+    body: bytes, cut: tuple[float, int], insert: str, eol: bytes
+) -> None:
+    """Odd QP (``==``, ``=\\rX``, escaped line breaks, lone ``=``) still rewrites exactly,
+    and the encoded lines wholly before and after the change are copied."""
+    raw = (
+        b"Content-Type: text/plain; charset=iso-8859-1" + eol
+        + b"Content-Transfer-Encoding: quoted-printable" + eol + eol + body
+    )
+    [part] = text_parts(raw)
+    old = part.text
+    start = int(cut[0] * len(old))
+    new = old[:start] + insert + old[start + cut[1] :]
+    out = rewrite_message(raw, lambda p: new)
+    if new == old:
+        assert out is raw
+        return
+    header, out_body = split_header(out)
+    assert header == split_header(raw)[0]
+    assert payload(stdlib(out)) == new.encode("latin-1")
+    lines = [line + b"\n" for line in body.split(b"\n")]
+    lines[-1] = lines[-1][:-1]
+    if not lines[-1]:
+        lines.pop()
+    ends = [len(binascii.a2b_qp(b"".join(lines[: k + 1]))) for k in range(len(lines))]
+    prefix = 0
+    while prefix < min(len(old), len(new)) and old[prefix] == new[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < min(len(old), len(new)) - prefix and old[-1 - suffix] == new[-1 - suffix]:
+        suffix += 1
+    kept_head = [line for line, end in zip(lines[:-1], ends) if end <= prefix]
+    starts = [0, *ends[:-1]]
+    kept_tail = [line for line, s in zip(lines, starts) if s > len(old) - suffix]
+    assert out_body.startswith(b"".join(kept_head))
+    assert out_body.endswith(b"".join(kept_tail))
