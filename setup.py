@@ -25,7 +25,7 @@ setup(
     package_data={
         "hotclicks": ["py.typed"],
         "hotclicks.migrations": ["script.py.mako", "alembic.ini"],
-        "flask_hotclicks": ["py.typed", "templates/hotclicks/*.html"],
+        "flask_hotclicks": ["py.typed", "templates/hotclicks/*.html", "static/hotclicks/*"],
         "smtp_relay": ["py.typed"],
     },
     install_requires=[

@@ -1,30 +1,159 @@
-"""The reports blueprint: hot clicks and tracking statistics, as pages and as JSON under /api."""
+"""The reports blueprint: hot clicks and tracking reports, as pages, as JSON under /api, as CSV.
+
+Views are thin: the figures come from ``hotclicks.reports``. Every page has a JSON twin under
+``/api/`` and every table a CSV export (docs/reports.md lists them). The pages are plain
+server-rendered HTML with a small script and style sheet shipped in the package, under a strict
+Content-Security-Policy; the email itself is shown in a sandboxed frame served by its own route
+with a policy of its own, so nothing in an email runs in the report's origin.
+"""
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import io
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from flask import Blueprint, abort, current_app, jsonify, request
-from sqlalchemy import select
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
-from hotclicks.models import Delivery, Execution
-from hotclicks.store import hot_clicks, latest_execution
+from hotclicks import reports as core
+from hotclicks.models import (
+    Click,
+    Delivery,
+    Execution,
+    Message,
+    MessageStatus,
+    Open,
+    OptOut,
+    Recipient,
+    TestProfile,
+    TrackedUrl,
+)
+from hotclicks.store import list_profiles
 
-from .extension import get_state
+from .extension import HotClicksState, get_state
 
-blueprint = Blueprint("hotclicks_reports", __name__, template_folder="templates")
+log = logging.getLogger("flask_hotclicks.reports")
+
+blueprint = Blueprint(
+    "hotclicks_reports",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+
+#: The report pages' policy: only the package's own script and style, frames only from here.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "frame-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'self'"
+)
+#: The email frame's policy: a sandbox (no script, an opaque origin), inline styles, no loads but
+#: images (and those only when the viewer asks to see them).
+FRAME_CSP = (
+    "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data: {images}; "
+    "font-src data:; form-action 'none'; base-uri 'none'; frame-ancestors 'self'"
+)
+#: Rows of the messages table per page.
+PAGE_SIZE = 100
+
+
+def _state() -> HotClicksState:
+    return get_state(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
 @blueprint.before_request
-def _check_access() -> None:
-    """Closed unless the host app lets the request in (open in debug and testing only)."""
+def _check_access() -> Any:
+    """Closed unless the host app lets the request in (open in debug and testing only).
+
+    The registered check may answer True (come in), False (403) or a response of its own, such
+    as a redirect to the host app's login page.
+    """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     check = get_state(app).extension._report_access
     if check is None:
         if not (app.debug or app.testing):
             abort(403)
-    elif not check():
+        return None
+    answer = check()
+    if answer is True:
+        return None
+    if answer is False or answer is None:
         abort(403)
+    return answer
+
+
+@blueprint.after_request
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@contextmanager
+def _session() -> Iterator[Session]:
+    state = _state()
+    _bring_up_to_date(state)
+    with state.sessions() as session:
+        yield session
+
+
+def _bring_up_to_date(state: HotClicksState) -> None:
+    """Fold settled clicks into the aggregates before reading them (cheap when there are none)."""
+    try:
+        with state.sessions() as session:
+            if not core.needs_roll_up(session):
+                return
+        with state.sessions.begin() as session:
+            core.roll_up(session)
+    except OperationalError:  # a busy database: the live tail still counts what is not folded
+        log.warning("could not fold the latest clicks into the report aggregates", exc_info=True)
+
+
+def _flag(name: str) -> bool:
+    return request.args.get(name, "") in ("1", "true", "yes", "on")
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _csv(filename: str, columns: list[str], rows: list[dict[str, Any]]) -> Response:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+    return Response(
+        out.getvalue(),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _delivery(session: Session, code: str) -> Delivery:
+    delivery = session.scalars(select(Delivery).where(Delivery.code == code)).first()
+    if delivery is None:
+        abort(404)
+    return delivery
+
+
+def _execution(session: Session, delivery: Delivery, executions: list[Execution]) -> Execution | None:
+    wanted = request.args.get("execution", type=int)
+    if wanted is None:
+        return executions[0] if executions else None
+    for execution in executions:
+        if execution.id == wanted:
+            return execution
+    abort(404)
 
 
 def _execution_json(execution: Execution) -> dict[str, Any]:
@@ -39,41 +168,522 @@ def _execution_json(execution: Execution) -> dict[str, Any]:
     }
 
 
+def _figures_json(f: core.ExecutionFigures) -> dict[str, Any]:
+    return {
+        "sent": f.sent,
+        "delivered": f.delivered,
+        "failed": f.failed,
+        "opens": f.opens,
+        "unique_openers": f.openers,
+        "clicks": f.clicks,
+        "unique_clickers": f.clickers,
+        "click_rate": f.click_rate,
+        "reactivity": f.reactivity,
+        "opt_outs": f.opt_outs,
+        "machine_clicks": f.machine_clicks,
+        "last_send": _iso(f.last_send),
+    }
+
+
+FIGURE_COLUMNS = ["sent", "delivered", "failed", "opens", "unique_openers", "clicks", "unique_clickers",
+                  "click_rate", "reactivity", "opt_outs", "machine_clicks"]
+
+
+# -- deliveries ---------------------------------------------------------------------------------
+
+
+def _deliveries(session: Session) -> list[dict[str, Any]]:
+    query = request.args.get("q", "").strip()
+    statement = select(Delivery).order_by(Delivery.code)
+    if query:
+        statement = statement.where(Delivery.code.contains(query, autoescape=True))
+    deliveries = list(session.scalars(statement))
+    executions = list(
+        session.scalars(select(Execution).where(Execution.delivery_id.in_([d.id for d in deliveries])))
+    ) if deliveries else []
+    figures = core.execution_figures(session, executions)
+    rows = []
+    for delivery in deliveries:
+        mine = [e for e in executions if e.delivery_id == delivery.id]
+        total = core.ExecutionFigures(mine[0] if mine else None)  # type: ignore[arg-type]
+        for execution in mine:
+            total.add(figures[execution.id])
+        rows.append({"delivery": delivery.code, "type": delivery.type.value, "executions": len(mine),
+                     **_figures_json(total)})
+    rows.sort(key=lambda r: r["last_send"] or "", reverse=True)
+    return rows
+
+
+DELIVERY_COLUMNS = ["delivery", "type", "executions", "last_send", *FIGURE_COLUMNS]
+
+
+@blueprint.route("/")
+def deliveries_page() -> Any:
+    with _session() as session:
+        rows = _deliveries(session)
+    return render_template("hotclicks/report_deliveries.html", rows=rows, q=request.args.get("q", ""))
+
+
+@blueprint.route("/api/deliveries")
+def deliveries_json() -> Any:
+    with _session() as session:
+        return jsonify(deliveries=_deliveries(session))
+
+
+@blueprint.route("/deliveries.csv")
+def deliveries_csv() -> Any:
+    with _session() as session:
+        return _csv("deliveries.csv", DELIVERY_COLUMNS, _deliveries(session))
+
+
+# -- one delivery --------------------------------------------------------------------------------
+
+
+def _executions_rows(session: Session, delivery: Delivery, executions: list[Execution]) -> list[dict[str, Any]]:
+    figures = core.execution_figures(session, executions)
+    return [{"execution": e.id, **_execution_json(e), **_figures_json(figures[e.id])} for e in executions]
+
+
+EXECUTION_COLUMNS = ["execution", "started_at", "run_key", "period", "version", *FIGURE_COLUMNS]
+
+
+def _urls(session: Session, execution: Execution, include_machine: bool) -> list[dict[str, Any]]:
+    report = core.hot_clicks_report(session, execution, include_machine=include_machine)
+    return [
+        {
+            "id": f.tracked_url.id,
+            "label": f.tracked_url.label or f.tracked_url.name or "",
+            "name": f.tracked_url.name,
+            "url": f.tracked_url.url,
+            "part": f.tracked_url.part,
+            "position": f.tracked_url.position,
+            "clicks": f.shown_clicks,
+            "unique_clickers": f.shown_clickers,
+            "share": f.percent,
+        }
+        for f in report.links
+    ]
+
+
+URL_COLUMNS = ["id", "part", "position", "label", "url", "clicks", "unique_clickers", "share"]
+
+
+def _messages(session: Session, execution: Execution) -> tuple[list[dict[str, Any]], int]:
+    query = request.args.get("q", "").strip().lower()
+    status = request.args.get("status", "")
+    page = max(1, request.args.get("page", 1, type=int) or 1)
+    statement = (
+        select(Message, Recipient.address)
+        .join(Recipient, Recipient.id == Message.recipient_id)
+        .where(Message.execution_id == execution.id)
+    )
+    if query:
+        statement = statement.where(Recipient.address.contains(query, autoescape=True))
+    if status in {s.value for s in MessageStatus}:
+        statement = statement.where(Message.status == MessageStatus(status))
+    count = session.scalar(select(func.count()).select_from(statement.subquery())) or 0
+    rows = session.execute(statement.order_by(Message.id).limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).all()
+    return [
+        {
+            "id": m.id,
+            "recipient": address,
+            "recipient_id": m.recipient_id,
+            "status": m.status.value,
+            "reply": m.status_reply,
+            "variant": m.variant_id,
+            "created_at": _iso(m.created_at),
+            "sent_at": _iso(m.sent_at),
+        }
+        for m, address in rows
+    ], count
+
+
+MESSAGE_COLUMNS = ["id", "recipient", "status", "reply", "variant", "created_at", "sent_at"]
+
+
+def _delivery_data(session: Session, code: str) -> dict[str, Any]:
+    delivery = _delivery(session, code)
+    executions = core.delivery_executions(session, delivery)
+    execution = _execution(session, delivery, executions)
+    machine = _flag("machine")
+    data: dict[str, Any] = {
+        "delivery": delivery.code,
+        "type": delivery.type.value,
+        "executions": _executions_rows(session, delivery, executions),
+        "execution": _execution_json(execution) if execution else None,
+        "include_machine": machine,
+        "urls": [],
+        "click_stream": [],
+        "messages": [],
+        "messages_total": 0,
+    }
+    if execution is not None:
+        data["urls"] = _urls(session, execution, machine)
+        data["click_stream"] = [{"hour": h.isoformat(), "clicks": n}
+                                for h, n in core.click_stream(session, execution, include_machine=machine)]
+        data["messages"], data["messages_total"] = _messages(session, execution)
+    return data
+
+
+@blueprint.route("/deliveries/<code>")
+def delivery_page(code: str) -> Any:
+    with _session() as session:
+        data = _delivery_data(session, code)
+    return render_template(
+        "hotclicks/report_delivery.html",
+        data=data,
+        chart=_chart(data["click_stream"]),
+        q=request.args.get("q", ""),
+        status=request.args.get("status", ""),
+        page=max(1, request.args.get("page", 1, type=int) or 1),
+        page_size=PAGE_SIZE,
+        statuses=[s.value for s in MessageStatus],
+    )
+
+
+@blueprint.route("/api/deliveries/<code>")
+def delivery_json(code: str) -> Any:
+    with _session() as session:
+        return jsonify(_delivery_data(session, code))
+
+
+@blueprint.route("/deliveries/<code>/executions.csv")
+def executions_csv(code: str) -> Any:
+    with _session() as session:
+        delivery = _delivery(session, code)
+        rows = _executions_rows(session, delivery, core.delivery_executions(session, delivery))
+    return _csv(f"{code}-executions.csv", EXECUTION_COLUMNS, rows)
+
+
+@blueprint.route("/deliveries/<code>/urls.csv")
+def urls_csv(code: str) -> Any:
+    with _session() as session:
+        data = _delivery_data(session, code)
+    return _csv(f"{code}-urls.csv", URL_COLUMNS, data["urls"])
+
+
+@blueprint.route("/deliveries/<code>/messages.csv")
+def messages_csv(code: str) -> Any:
+    with _session() as session:
+        delivery = _delivery(session, code)
+        execution = _execution(session, delivery, core.delivery_executions(session, delivery))
+        rows: list[dict[str, Any]] = []
+        if execution is not None:
+            statement = (
+                select(Message, Recipient.address)
+                .join(Recipient, Recipient.id == Message.recipient_id)
+                .where(Message.execution_id == execution.id)
+                .order_by(Message.id)
+            )
+            for m, address in session.execute(statement):
+                rows.append({"id": m.id, "recipient": address, "status": m.status.value, "reply": m.status_reply,
+                             "variant": m.variant_id, "created_at": _iso(m.created_at), "sent_at": _iso(m.sent_at)})
+    return _csv(f"{code}-messages.csv", MESSAGE_COLUMNS, rows)
+
+
+def _chart(stream: list[dict[str, Any]]) -> dict[str, Any]:
+    """An SVG bar chart of clicks over time, drawn on the server (no script, no style attribute)."""
+    if not stream:
+        return {"bars": [], "width": 0, "height": 0}
+    hours = [dt.datetime.fromisoformat(p["hour"]) for p in stream]
+    per_day = (hours[-1] - hours[0]) > dt.timedelta(hours=72)
+    buckets: dict[dt.datetime, int] = {}
+    for when, point in zip(hours, stream):
+        key = when.replace(hour=0) if per_day else when
+        buckets[key] = buckets.get(key, 0) + point["clicks"]
+    top = max(buckets.values()) or 1
+    width, height, bar = 640, 160, max(4, min(40, 600 // max(1, len(buckets))))
+    bars = []
+    for i, (when, n) in enumerate(sorted(buckets.items())):
+        h = round((height - 20) * n / top)
+        bars.append({"x": 20 + i * (bar + 2), "y": height - h, "w": bar, "h": h, "n": n, "when": when.isoformat()})
+    return {"bars": bars, "width": max(width, 40 + len(bars) * (bar + 2)), "height": height,
+            "unit": "day" if per_day else "hour", "top": top}
+
+
+# -- hot clicks ----------------------------------------------------------------------------------
+
+
+def _profile(session: Session) -> TestProfile | None:
+    wanted = request.args.get("profile", type=int)
+    if wanted is None:
+        return None
+    profile = session.get(TestProfile, wanted)
+    if profile is None:
+        abort(404)
+    return profile
+
+
+def _hot_clicks(session: Session, code: str) -> dict[str, Any]:
+    """Everything the hot clicks page, its frame and its JSON twin show."""
+    delivery = _delivery(session, code)
+    executions = core.delivery_executions(session, delivery)
+    execution = _execution(session, delivery, executions)
+    measure = "unique" if request.args.get("measure") == "unique" else "clicks"
+    machine = _flag("machine")
+    data: dict[str, Any] = {"delivery": delivery, "executions": executions, "execution": execution,
+                            "measure": measure, "include_machine": machine, "report": None}
+    if execution is None:
+        return data
+    state = _state()
+    profile = _profile(session)
+    report = core.hot_clicks_report(session, execution, include_machine=machine, measure=measure)
+    preview = state.extension.render_preview(delivery.code, profile)
+    content = core.choose_content(session, execution, profile, (preview.html, preview.text) if preview else None)
+    data.update(report=report, profile=profile, content=content,
+                figures=core.execution_figures(session, executions))
+    return data
+
+
+def _hot_clicks_links_json(report: core.HotClicksReport) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f.tracked_url.id,
+            "url": f.tracked_url.url,
+            "label": f.tracked_url.label,
+            "name": f.tracked_url.name,
+            "part": f.tracked_url.part,
+            "position": f.tracked_url.position,
+            "clicks": f.shown_clicks,
+            "unique_clickers": f.shown_clickers,
+            "percent": f.percent,
+        }
+        for f in report.links
+    ]
+
+
+def _state_args(**changes: Any) -> dict[str, Any]:
+    """The page's query arguments with ``changes`` applied (None removes one)."""
+    args = {k: v for k, v in request.args.items() if k in ("execution", "profile", "view", "machine", "measure", "images")}
+    for key, value in changes.items():
+        if value is None:
+            args.pop(key, None)
+        else:
+            args[key] = value
+    return args
+
+
+@blueprint.route("/deliveries/<code>/hot-clicks")
+def hot_clicks_page(code: str) -> Any:
+    with _session() as session:
+        data = _hot_clicks(session, code)
+        view = "text" if request.args.get("view") == "text" else "html"
+        text_pieces = None
+        content = data.get("content")
+        report = data["report"]
+        if report is not None and content is not None and content.text and view == "text":
+            text_pieces = core.annotate_text(content.text, report.by_key("text"),
+                                             personal_params=_state().personal_params)
+        profiles = list_profiles(session)
+        return render_template(
+            "hotclicks/report_hot_clicks.html",
+            view=view,
+            text_pieces=text_pieces,
+            profiles=profiles,
+            args=_state_args,
+            heat=list(zip(core.HEAT_COLOURS, (0, *core.HEAT_THRESHOLDS))),
+            heat_level=core.heat_level,
+            show_images=_flag("images"),
+            **data,
+        )
+
+
+@blueprint.route("/deliveries/<code>/hot-clicks/frame")
+def hot_clicks_frame(code: str) -> Any:
+    """The email's HTML with its badges, for the page's sandboxed frame (its own strict policy)."""
+    show_images = _flag("images")
+    with _session() as session:
+        data = _hot_clicks(session, code)
+        report, content = data["report"], data.get("content")
+        if report is None or content is None or not content.html:
+            body = "<!DOCTYPE html><p>No HTML content to show.</p>"
+        else:
+            body, _ = core.annotate_html(content.html, report.by_key("html"), measure=data["measure"],
+                                         personal_params=_state().personal_params, show_images=show_images)
+    response = Response(body, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = FRAME_CSP.format(images="http: https:" if show_images else "")
+    return response
+
+
 @blueprint.route("/api/deliveries/<code>/hot-clicks")
 def hot_clicks_json(code: str) -> Any:
     """Each tracked URL of one execution (the latest unless ?execution=ID) with its share of clicks."""
-    state = get_state(current_app._get_current_object())  # type: ignore[attr-defined]
-    with state.sessions() as session:
-        delivery = session.scalars(select(Delivery).where(Delivery.code == code)).first()
-        if delivery is None:
-            abort(404)
-        wanted = request.args.get("execution", type=int)
-        if wanted is not None:
-            execution = session.get(Execution, wanted)
-            if execution is None or execution.delivery_id != delivery.id:
-                abort(404)
-        else:
-            execution = latest_execution(session, delivery)
-        if execution is None:
-            return jsonify(delivery=delivery.code, execution=None, total_clicks=0, links=[])
-        include_machine = request.args.get("machine") in ("1", "true", "yes")
-        lines = hot_clicks(session, execution, include_machine=include_machine)
+    with _session() as session:
+        data = _hot_clicks(session, code)
+        report: core.HotClicksReport | None = data["report"]
+        if report is None:
+            return jsonify(delivery=code, execution=None, total_clicks=0, links=[])
+        content: core.ContentChoice = data["content"]
+        badges: dict[str, list[dict[str, Any]]] = {"html": [], "text": []}
+        personal = _state().personal_params
+        if content.html:
+            _, found = core.annotate_html(content.html, report.by_key("html"), personal_params=personal)
+            badges["html"] = [_badge_json(b) for b in found]
+        if content.text:
+            badges["text"] = [_badge_json(p.badge) for p in core.annotate_text(
+                content.text, report.by_key("text"), personal_params=personal) if p.badge]
         return jsonify(
-            delivery=delivery.code,
-            execution=_execution_json(execution),
-            total_clicks=sum(line.clicks for line in lines),
-            links=[
-                {
-                    "id": line.tracked_url.id,
-                    "url": line.tracked_url.url,
-                    "label": line.tracked_url.label,
-                    "name": line.tracked_url.name,
-                    "part": line.tracked_url.part,
-                    "position": line.tracked_url.position,
-                    "clicks": line.clicks,
-                    "unique_clickers": line.unique_clickers,
-                    "percent": line.percent,
-                }
-                for line in lines
+            delivery=data["delivery"].code,
+            execution=_execution_json(report.execution),
+            total_clicks=report.total_clicks,
+            total_unique_clickers=report.total_unique,
+            measure=report.measure,
+            include_machine=report.include_machine,
+            links=_hot_clicks_links_json(report),
+            profile=None if data["profile"] is None else {"id": data["profile"].id, "name": data["profile"].name},
+            content={"source": content.source, "note": content.note,
+                     "variant": content.variant.id if content.variant else None, "badges": badges},
+            variants=[_variant_json(v) for v in report.variants],
+            anonymous_clicks=report.anonymous_or_unknown_clicks,
+            executions=[
+                {**_execution_json(e), "sent": data["figures"][e.id].sent, "clicks": data["figures"][e.id].clicks}
+                for e in data["executions"]
             ],
         )
+
+
+def _badge_json(badge: core.Badge) -> dict[str, Any]:
+    return {
+        "index": badge.index,
+        "key": badge.key,
+        "url": badge.url,
+        "tracked_url": badge.figure.tracked_url.id if badge.figure else None,
+        "percent": badge.figure.percent if badge.figure else None,
+        "tracked": badge.figure is not None,
+    }
+
+
+def _variant_json(v: core.VariantShare) -> dict[str, Any]:
+    return {
+        "id": v.variant.id,
+        "sample_source": v.variant.sample_source,
+        "test_profile": v.profile_name,
+        "recipients": v.recipients,
+        "recipients_percent": v.recipients_percent,
+        "clicks": v.clicks,
+        "clicks_percent": v.clicks_percent,
+    }
+
+
+@blueprint.route("/deliveries/<code>/hot-clicks.csv")
+def hot_clicks_csv(code: str) -> Any:
+    with _session() as session:
+        data = _hot_clicks(session, code)
+        rows = _hot_clicks_links_json(data["report"]) if data["report"] else []
+    return _csv(f"{code}-hot-clicks.csv",
+                ["id", "part", "position", "label", "url", "clicks", "unique_clickers", "percent"], rows)
+
+
+# -- recipients ----------------------------------------------------------------------------------
+
+
+def _recipient_search(session: Session) -> list[dict[str, Any]]:
+    query = request.args.get("q", "").strip().lower()
+    if not query:
+        return []
+    found = session.scalars(
+        select(Recipient)
+        .where(or_(Recipient.address.contains(query, autoescape=True), Recipient.external_id == query))
+        .order_by(Recipient.address)
+        .limit(PAGE_SIZE)
+    )
+    return [{"id": r.id, "address": r.address, "external_id": r.external_id} for r in found]
+
+
+@blueprint.route("/recipients")
+def recipients_page() -> Any:
+    with _session() as session:
+        found = _recipient_search(session)
+    return render_template("hotclicks/report_recipients.html", found=found, q=request.args.get("q", ""))
+
+
+@blueprint.route("/api/recipients")
+def recipients_json() -> Any:
+    with _session() as session:
+        return jsonify(recipients=_recipient_search(session))
+
+
+def _recipient(session: Session, recipient_id: int) -> dict[str, Any]:
+    recipient = session.get(Recipient, recipient_id)
+    if recipient is None:
+        abort(404)
+    machine = _flag("machine")
+    clicks_query = (
+        select(Click, TrackedUrl, Execution, Delivery.code)
+        .join(Message, Message.id == Click.message_id)
+        .join(TrackedUrl, TrackedUrl.id == Click.tracked_url_id)
+        .join(Execution, Execution.id == Message.execution_id)
+        .join(Delivery, Delivery.id == Execution.delivery_id)
+        .where(Message.recipient_id == recipient.id)
+        .order_by(Click.clicked_at.desc(), Click.id.desc())
+    )
+    if not machine:
+        clicks_query = clicks_query.where(Click.is_machine.is_(False))
+    clicks = [
+        {
+            "clicked_at": c.clicked_at.isoformat(),
+            "url": t.url,
+            "label": t.label,
+            "delivery": code,
+            "execution": e.id,
+            "execution_started_at": e.started_at.isoformat(),
+            "machine": c.is_machine,
+            "machine_reason": c.machine_reason,
+        }
+        for c, t, e, code in session.execute(clicks_query)
+    ]
+    opens_query = (
+        select(Open, Execution, Delivery.code)
+        .join(Message, Message.id == Open.message_id)
+        .join(Execution, Execution.id == Message.execution_id)
+        .join(Delivery, Delivery.id == Execution.delivery_id)
+        .where(Message.recipient_id == recipient.id)
+        .order_by(Open.opened_at.desc())
+    )
+    if not machine:
+        opens_query = opens_query.where(Open.is_machine.is_(False))
+    opens = [{"opened_at": o.opened_at.isoformat(), "delivery": code, "execution": e.id, "machine": o.is_machine}
+             for o, e, code in session.execute(opens_query)]
+    opt_outs = [
+        {"created_at": o.created_at.isoformat(), "source": o.source, "cancelled_at": _iso(o.cancelled_at),
+         "delivery": code}
+        for o, code in session.execute(
+            select(OptOut, Delivery.code)
+            .outerjoin(Message, Message.id == OptOut.message_id)
+            .outerjoin(Execution, Execution.id == Message.execution_id)
+            .outerjoin(Delivery, Delivery.id == Execution.delivery_id)
+            .where(OptOut.recipient_id == recipient.id)
+            .order_by(OptOut.created_at.desc())
+        )
+    ]
+    return {
+        "recipient": {"id": recipient.id, "address": recipient.address, "external_id": recipient.external_id,
+                      "tracking_opt_out": recipient.tracking_opt_out},
+        "include_machine": machine,
+        "clicks": clicks,
+        "opens": opens,
+        "opt_outs": opt_outs,
+    }
+
+
+CLICK_COLUMNS = ["clicked_at", "label", "url", "delivery", "execution", "machine", "machine_reason"]
+
+
+@blueprint.route("/recipients/<int:recipient_id>")
+def recipient_page(recipient_id: int) -> Any:
+    with _session() as session:
+        data = _recipient(session, recipient_id)
+    return render_template("hotclicks/report_recipient.html", data=data)
+
+
+@blueprint.route("/api/recipients/<int:recipient_id>")
+def recipient_json(recipient_id: int) -> Any:
+    with _session() as session:
+        return jsonify(_recipient(session, recipient_id))
+
+
+@blueprint.route("/recipients/<int:recipient_id>/clicks.csv")
+def recipient_clicks_csv(recipient_id: int) -> Any:
+    with _session() as session:
+        data = _recipient(session, recipient_id)
+    return _csv(f"recipient-{recipient_id}-clicks.csv", CLICK_COLUMNS, data["clicks"])
