@@ -31,7 +31,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         ),
         HOTCLICKS_SECRET_KEY=os.environ.get("HOTCLICKS_SECRET_KEY"),
         HOTCLICKS_BASE_URL=os.environ.get("HOTCLICKS_BASE_URL", "http://127.0.0.1:5050/t"),
-        # Flask-Mailman sends through the relay, as it would through any SMTP server.
+        # Flask-Mailman sends through the relay, as it would through any SMTP server (named
+        # explicitly: in testing mode Flask-Mailman would otherwise keep mail in memory).
+        MAIL_BACKEND="smtp",
         MAIL_SERVER=os.environ.get("EXAMPLE_MAIL_SERVER", "127.0.0.1"),
         MAIL_PORT=int(os.environ.get("EXAMPLE_MAIL_PORT", "2525")),
         MAIL_USE_TLS=False,
