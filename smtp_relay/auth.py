@@ -46,7 +46,8 @@ def check_password(password: str, hashed: str) -> bool:
 def load_credentials(path: str) -> dict[str, str]:
     """``user -> hash`` from the file; fails at start with what is wrong in it."""
     try:
-        lines = open(path, encoding="utf-8").read().splitlines()
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
     except OSError as exc:
         raise ConfigurationError(f"cannot read --auth-file {path!r}: {exc}") from None
     credentials = {}
