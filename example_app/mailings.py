@@ -12,10 +12,10 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flask import current_app, render_template
+from flask import render_template
 from flask_mailman import EmailMultiAlternatives, Mail
 
-from hotclicks.senders import tracking_headers
+from flask_hotclicks import headers_for_template
 
 from .models import Subscriber, age
 
@@ -53,12 +53,6 @@ def newsletter_context(attributes: Mapping[str, Any], today: dt.date | None = No
     }
 
 
-def _template_source(*names: str) -> list[str]:
-    loader = current_app.jinja_env.loader
-    assert loader is not None
-    return [loader.get_source(current_app.jinja_env, name)[0] for name in names]
-
-
 def render(html_template: str, text_template: str, **context: Any) -> tuple[str, str]:
     return render_template(html_template, **context), render_template(text_template, **context)
 
@@ -78,7 +72,7 @@ def _message(
 
 def newsletter_messages(subscribers: Iterable[Subscriber]) -> list[EmailMultiAlternatives]:
     templates = ("mail/newsletter.html", "mail/newsletter.txt")
-    headers = tracking_headers(NEWSLETTER, template_source=_template_source(*templates))
+    headers = headers_for_template(NEWSLETTER, *templates)
     messages = []
     for subscriber in subscribers:
         context = newsletter_context({**subscriber.attributes(), "first_name": subscriber.first_name})
@@ -92,9 +86,7 @@ def digest_messages(
 ) -> list[EmailMultiAlternatives]:
     """One run of the weekly digest; ``edition`` 2 is the updated template."""
     templates = (f"mail/digest_v{edition}.html", "mail/digest.txt")
-    headers = tracking_headers(
-        DIGEST, type="recurring", run=run, template_source=_template_source(*templates)
-    )
+    headers = headers_for_template(DIGEST, *templates, type="recurring", run=run)
     return [
         _message(s, f"Your week at Maison Verte ({run})", *render(*templates, shop=SHOP, run=run, first_name=s.first_name), headers)
         for s in subscribers
@@ -104,7 +96,7 @@ def digest_messages(
 def order_messages(orders: Iterable[tuple[Subscriber, str]], edition: int) -> list[EmailMultiAlternatives]:
     """Order confirmations; ``edition`` 2 is the republished template with a changed link."""
     templates = (f"mail/order_v{edition}.html", "mail/order.txt")
-    headers = tracking_headers(ORDER, type="transactional", template_source=_template_source(*templates))
+    headers = headers_for_template(ORDER, *templates, type="transactional")
     return [
         _message(s, f"Your order {number}", *render(*templates, shop=SHOP, number=number, first_name=s.first_name), headers)
         for s, number in orders
