@@ -141,6 +141,9 @@ class MessageProcessor:
         self.signer = signer
         self.clock = clock
         self.dkim = dkim_signer
+        #: (execution id, variant signature) -> its tracked URLs and variant id. Tracked URLs and
+        #: variants are never deleted, so once seen they need not be looked up again.
+        self._known: dict[tuple[int, str], tuple[dict[tuple[str, str], TrackedUrl], int]] = {}
         self._link_options = {
             "personal_params": config.personal_params,
             "excluded_domains": config.excluded_domains,
@@ -269,26 +272,36 @@ class MessageProcessor:
                 period=self.config.transactional_period,
                 quiet_gap=self.config.quiet_gap,
             )
-            tracked = ensure_tracked_urls(session, execution, specs)
             signature = variant_signature(specs)
+            known = self._known.get((execution.id, signature))
+            if known is None:
+                tracked = ensure_tracked_urls(session, execution, specs)
+                known_variant = None
+            else:
+                tracked, known_variant = known
             messages = []
             for address in recipients:
                 recipient = get_recipient(session, address, marks.recipient_id)
                 profile = test_profile_for(session, address)
                 keep = profile is not None or self.config.keep_recipient_samples
-                variant = ensure_variant(
-                    session,
-                    execution,
-                    signature,
-                    html=sample_html if keep else None,
-                    text=sample_text if keep else None,
-                    test_profile=profile,
-                )
+                if known_variant is not None and profile is None:
+                    variant_id = known_variant
+                else:
+                    variant_id = ensure_variant(
+                        session,
+                        execution,
+                        signature,
+                        html=sample_html if keep else None,
+                        text=sample_text if keep else None,
+                        test_profile=profile,
+                    ).id
+                    if keep:  # a sample is in place: later recipients need not look
+                        known_variant = variant_id
                 suppressed = marketing and is_unsubscribed(session, recipient.id)
                 message = Message(
                     execution_id=execution.id,
                     recipient_id=recipient.id,
-                    variant_id=variant.id,
+                    variant_id=variant_id,
                     status=MessageStatus.SUPPRESSED if suppressed else MessageStatus.QUEUED,
                     status_reply=REPLY_SUPPRESSED if suppressed else None,
                     message_id_header=message_id_header,
@@ -298,6 +311,10 @@ class MessageProcessor:
                 messages.append((address, message, suppressed))
             session.flush()
             _add_incidents(session, incidents)
+            if known_variant is not None:
+                if len(self._known) > 10_000:
+                    self._known.clear()
+                self._known[(execution.id, signature)] = (tracked, known_variant)
             return (
                 execution.id,
                 [_Row(address, message.id, suppressed) for address, message, suppressed in messages],

@@ -1,0 +1,264 @@
+"""Relay benchmark: messages/s through the HotClicks relay against a pass-through relay.
+
+Both relays run as their own process on 127.0.0.1 and forward to the same aiosmtpd sink (a process
+of its own). The HotClicks relay does its whole job: resolves the execution and records one row
+per recipient in the database (SQLite in a temporary directory), rewrites every link of a 60 KB
+newsletter, fsyncs each copy into its spool before answering 250, then forwards from the spool.
+The pass-through relay (aiosmtpd + aiosmtplib, one upstream connection per message) forwards each
+message unchanged before answering 250.
+
+Throughput is measured end to end: from the first message sent to the last one received by the
+sink, with 1 and 8 concurrent senders (each sender one smtplib connection, sending in a loop).
+
+    python -m pip install -r bench/requirements.txt
+    python bench/relay.py [--messages 300] [--rounds 3]
+
+Prints one line per concurrency, like
+``RESULT relay senders=8 passthrough_mps=... relay_mps=... ratio=...`` (median of ``--rounds``),
+and ``RESULT relay-direct senders=... direct_mps=...`` for sending straight to the sink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import shutil
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_URL = "https://t.example.com/t"
+SECRET_KEY = "bench-secret-key-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def newsletter(size: int = 60_000) -> bytes:
+    """A multipart/alternative newsletter of about ``size`` bytes with 40 links (20 distinct)."""
+    blocks = []
+    i = 0
+    while sum(map(len, blocks)) < size - 2_000:
+        blocks.append(
+            f'<tr><td style="padding:12px;font-family:Arial,sans-serif;font-size:14px;color:#333">'
+            f'<a href="https://shop.example/product/{i % 20}?utm_source=news&amp;utm_medium=email" '
+            f'style="color:#0066cc">Product {i}</a> - spring collection, now with free delivery on '
+            f"orders over 50 euros. Lorem ipsum dolor sit amet, consectetur adipiscing elit.</td></tr>\n"
+            + "<tr><td style=\"padding:0 12px;font-family:Arial,sans-serif;font-size:13px;color:#666\">"
+            + "Sed do eiusmod tempor incididunt ut labore et dolore magna aliqua. " * 15
+            + "</td></tr>\n"
+        )
+        i += 1
+    html = "<!DOCTYPE html><html><body><table>\n" + "".join(blocks) + "</table></body></html>\n"
+    text = "Spring news: https://shop.example/spring\n"
+    message = (
+        "From: Shop <news@shop.example>\nTo: subscribers@shop.example\nSubject: Spring news\n"
+        "Message-ID: <bench@shop.example>\nMIME-Version: 1.0\nX-HotClicks-Delivery: bench-news\n"
+        'Content-Type: multipart/alternative; boundary="b1"\n\n--b1\n'
+        'Content-Type: text/plain; charset="utf-8"\nContent-Transfer-Encoding: 7bit\n\n'
+        f"{text}\n--b1\nContent-Type: text/html; charset=\"utf-8\"\nContent-Transfer-Encoding: 7bit\n\n"
+        f"{html}\n--b1--\n"
+    )
+    return message.replace("\n", "\r\n").encode()
+
+
+# -- the sink and the pass-through relay (each in a process of its own) ----------------------------
+
+
+def _sink(port: int, count, ready) -> None:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP
+
+    class Sink:
+        async def handle_DATA(self, server, session, envelope):
+            with count.get_lock():
+                count.value += 1
+            return "250 2.0.0 OK"
+
+    class LongLines(SMTP):
+        line_length_limit = 256 * 1024
+
+    class Server(Controller):
+        def factory(self):
+            return LongLines(self.handler, **self.SMTP_kwargs)
+
+    server = Server(Sink(), hostname="127.0.0.1", port=port, data_size_limit=None)
+    server.start()
+    ready.set()
+    threading.Event().wait()
+
+
+def serve_passthrough(port: int, upstream: int) -> None:
+    import aiosmtplib
+    from aiosmtpd.smtp import SMTP
+
+    class Proxy:
+        async def handle_DATA(self, server, session, envelope):
+            try:
+                await aiosmtplib.send(
+                    envelope.original_content, sender=envelope.mail_from, recipients=envelope.rcpt_tos,
+                    hostname="127.0.0.1", port=upstream, start_tls=False,
+                )
+            except (aiosmtplib.SMTPException, OSError):
+                return "451 4.4.1 upstream unavailable"
+            return "250 2.0.0 OK"
+
+    class LongLines(SMTP):
+        line_length_limit = 256 * 1024
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: LongLines(Proxy(), decode_data=False, data_size_limit=None, loop=loop), "127.0.0.1", port)
+        print("listening", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+
+
+def wait_port(port: int, process: subprocess.Popen | None = None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"server on port {port} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port} after {timeout} s")
+
+
+def blast(port: int, senders: int, messages: int, data: bytes, count, timeout: float = 300) -> float:
+    """Send ``messages`` in all over ``senders`` connections; messages/s until the sink has them all."""
+    start_count = count.value
+    per_sender = [messages // senders + (1 if i < messages % senders else 0) for i in range(senders)]
+    errors: list[BaseException] = []
+
+    def sender(n: int, index: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+                for k in range(n):
+                    client.sendmail("news@shop.example", [f"s{index}-{k}@example.org"], data)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(n, i)) for i, n in enumerate(per_sender)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    if errors:
+        raise SystemExit(f"sending failed: {errors[0]!r}")
+    deadline = time.monotonic() + timeout
+    while count.value - start_count < messages:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the sink got {count.value - start_count} of {messages} messages")
+        time.sleep(0.002)
+    return messages / (time.perf_counter() - started)
+
+
+def start_relay(kind: str, sink_port: int, workdir: Path, database_url: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    if kind == "passthrough":
+        command = [sys.executable, __file__, "--serve-passthrough", str(port), str(sink_port)]
+    else:
+        spool = workdir / f"spool-{port}"
+        command = [
+            sys.executable, "-m", "smtp_relay", "--listen", f"127.0.0.1:{port}",
+            "--upstream", f"127.0.0.1:{sink_port}", "--database-url", database_url,
+            "--base-url", BASE_URL, "--secret-key", SECRET_KEY, "--spool-dir", str(spool),
+            "--log-level", "WARNING", "--hostname", "relay.bench",
+        ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTCLICKS_")}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    wait_port(port, process)
+    return process, port
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=300, help="messages per measurement (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per concurrency (default: %(default)s)")
+    parser.add_argument("--senders", default="1,8", help="concurrencies (default: %(default)s)")
+    parser.add_argument("--serve-passthrough", nargs=2, type=int, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_passthrough:
+        serve_passthrough(*args.serve_passthrough)
+        return
+
+    sys.path.insert(0, str(ROOT))
+    from hotclicks import db
+
+    data = newsletter()
+    workdir = Path(tempfile.mkdtemp(prefix="hotclicks-bench-relay-"))
+    sink_port = free_port()
+    count = multiprocessing.Value("q", 0)
+    ready = multiprocessing.Event()
+    sink = multiprocessing.Process(target=_sink, args=(sink_port, count, ready), daemon=True)
+    sink.start()
+    processes: list[subprocess.Popen] = []
+    try:
+        ready.wait(30)
+        database_url = f"sqlite:///{workdir / 'hotclicks.sqlite3'}"
+        engine = db.create_db_engine(database_url)
+        db.upgrade(engine)
+        engine.dispose()
+        print(f"message size {len(data)} bytes; {args.messages} messages per run; {os.cpu_count()} CPUs")
+        for senders in [int(s) for s in args.senders.split(",")]:
+            results: dict[str, list[float]] = {"direct": [], "passthrough": [], "relay": []}
+            relays = {}
+            for kind in ("passthrough", "relay"):
+                process, port = start_relay(kind, sink_port, workdir, database_url)
+                processes.append(process)
+                relays[kind] = port
+                blast(port, senders, min(50, args.messages), data, count)  # warm up
+            for _ in range(args.rounds):
+                results["direct"].append(blast(sink_port, senders, args.messages, data, count))
+                for kind, port in relays.items():
+                    results[kind].append(blast(port, senders, args.messages, data, count))
+            for process in processes:
+                stop(process)
+            processes.clear()
+            direct, passthrough, relay = (statistics.median(results[k]) for k in ("direct", "passthrough", "relay"))
+            print(f"RESULT relay-direct senders={senders} direct_mps={direct:.1f}")
+            print(
+                f"RESULT relay senders={senders} passthrough_mps={passthrough:.1f} relay_mps={relay:.1f} "
+                f"ratio={relay / passthrough:.2f} passthrough_vs_direct={passthrough / direct:.2f}",
+                flush=True,
+            )
+    finally:
+        for process in processes:
+            stop(process)
+        sink.terminate()
+        sink.join(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
