@@ -128,8 +128,14 @@ _RAW_ELEMENTS = ("script", "style", "title", "textarea", "xmp", "iframe", "noemb
 _COND_OPEN = rf"--\[{_ci('if')}[^\]<>]*+\]>"
 _DOWNLEVEL_REVEALED = rf"{_COND_OPEN}[{_WS}]*+<![^<>]*?-->"
 _COMMENT = rf"--(?!{_COND_OPEN[2:]})(?:-?>|(?:[^-]++|-(?!-!?>))*+(?:--!?>|\Z))"
-_CDATA = r"\[CDATA\[(?:[^\]]++|\](?!\]>))*+(?:\]\]>|\Z)"
+# Inside a conditional comment, an ordinary comment also ends before "<![endif]": real mail
+# closes "<!--[if mso]>" with "<!--<![endif]-->" too, and both a browser (whose comment ends at
+# the first "-->") and Outlook (whose conditional ends at "<![endif]") end the region there.
 _ENDIF = rf"!\[{_ci('endif')}\]"
+_COMMENT_IN_CONDITIONAL = (
+    rf"--(?!{_COND_OPEN[2:]})(?:-?>|(?:[^-<]++|-(?!-!?>)|<(?!{_ENDIF}))*+(?:--!?>|\Z|(?=<{_ENDIF})))"
+)
+_CDATA = r"\[CDATA\[(?:[^\]]++|\](?!\]>))*+(?:\]\]>|\Z)"
 
 
 def _scanner(conditional: bool) -> re.Pattern[str]:
@@ -165,6 +171,7 @@ def _scanner(conditional: bool) -> re.Pattern[str]:
         branches.append(rf"[Bb]{tag}")
         end_tag = rf"/[A-Za-z][^{_WS}/>]*+{_TAGREST}"
         bogus = rf"(?!--|{_ENDIF[1:]})[^>]*+>?"
+        comment = _COMMENT_IN_CONDITIONAL
         interest = (
             rf"(?P<link><[Aa](?:{_ci('rea')})?{_END}{_TAGREST})"
             rf"|(?P<vml><[A-Za-z][^{_WS}/>:]*+:[^{_WS}/>]*+{_TAGREST})"
@@ -175,6 +182,7 @@ def _scanner(conditional: bool) -> re.Pattern[str]:
         branches.append(rf"[Bb](?!{_ci('ase')}{_END}){tag}")
         end_tag = rf"/(?!{_ci('body')}{_END})[A-Za-z][^{_WS}/>]*+{_TAGREST}"
         bogus = r"(?!--)[^>]*+>?"
+        comment = _COMMENT
         interest = (
             rf"(?P<link><[Aa](?:{_ci('rea')})?{_END}{_TAGREST})"
             rf"|(?P<base><{_ci('base')}{_END}{_TAGREST})"
@@ -183,7 +191,7 @@ def _scanner(conditional: bool) -> re.Pattern[str]:
         )
     branches += [
         end_tag,
-        rf"!(?:{_DOWNLEVEL_REVEALED}|{_COMMENT}|{_CDATA}|{bogus})",
+        rf"!(?:{_DOWNLEVEL_REVEALED}|{comment}|{_CDATA}|{bogus})",
         r"/(?![A-Za-z])[^>]*+>?",  # "</" and no name: a bogus comment ("</>" is nothing)
         r"\?[^>]*+>?",  # processing instruction: a bogus comment
         r"(?![A-Za-z!/?])",  # a "<" that is text

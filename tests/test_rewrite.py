@@ -293,6 +293,18 @@ def test_conditional_comment_content_is_markup() -> None:
     assert links[2].label == ""  # a self-closed VML element has no text
 
 
+def test_a_conditional_comment_closed_like_a_downlevel_revealed_one_ends_there() -> None:
+    # Real mail (Mailgun's templates) closes "<!--[if mso]>" with "<!--<![endif]-->".
+    html = (
+        '<!--[if mso]><table><tr><td><a href="https://x.example/1">1</a><!--<![endif]-->'
+        '<a href="https://x.example/2">2</a>'
+    )
+    assert [(link.url, link.conditional) for link in find_html_links(html)] == [
+        ("https://x.example/1", True),
+        ("https://x.example/2", False),
+    ]
+
+
 def test_downlevel_revealed_content_is_ordinary_markup() -> None:
     html = '<!--[if !mso]><!-- --><a href="https://x.example/1">1</a><!--<![endif]-->'
     [link] = find_html_links(html)
