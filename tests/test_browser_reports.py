@@ -1,0 +1,236 @@
+"""The hot clicks and tracking reports in a real browser: Debian's Chromium driven by Playwright.
+
+The Flask app runs on a free port of 127.0.0.1 (werkzeug's server in a thread); one browser serves
+the whole module. Screenshots land in tests/screenshots/ (git-ignored); the hot clicks page
+without a profile is also copied to docs/hot-clicks.png for the README.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from flask import Flask
+
+from .helpers import newsletter, tracked_hrefs
+from .test_end_to_end import send
+from .test_reports import seed
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).parent / "screenshots"
+DOCS_SCREENSHOT = Path(__file__).parent.parent / "docs" / "hot-clicks.png"
+
+pytestmark = pytest.mark.browser
+
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None  # type: ignore[assignment]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if sync_playwright is None:
+        pytest.skip("playwright is not installed (pip install playwright; no browser download needed)")
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's Chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        yield browser
+        browser.close()
+
+
+class LiveServer:
+    def __init__(self, app: Flask) -> None:
+        from werkzeug.serving import make_server
+
+        self.beacons: list[str] = []
+        app.add_url_rule("/beacon", "beacon", self._beacon)
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _beacon(self) -> str:
+        self.beacons.append("hit")
+        return "seen"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(10)
+        self.server.server_close()
+
+
+@pytest.fixture
+def live(app: Flask) -> Iterator[LiveServer]:
+    server = LiveServer(app)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(locale="en-GB", timezone_id="Europe/Paris", viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.errors = []  # type: ignore[attr-defined]
+    page.on("console", lambda m: _console(page, m))
+    page.on("pageerror", lambda e: page.errors.append(f"page: {e}"))  # type: ignore[attr-defined]
+    yield page
+    context.close()
+
+
+#: Once a frame locator has been used, Playwright's own injected script reacts to mouse events in
+#: the frame, and Chromium refuses it there since the frame is sandboxed without scripts. A minimal
+#: control page (a sandboxed frame with static text) shows the same message under Playwright and
+#: none without a frame locator: it is the test harness, not the report. Only that message of the
+#: email frame is ignored; whether a script of the email runs is tested by its effects.
+_HARNESS_IN_SANDBOX = "Blocked script execution in '"
+
+
+def _console(page: Page, message) -> None:
+    if message.type != "error":
+        return
+    if message.text.startswith(_HARNESS_IN_SANDBOX) and "/hot-clicks/frame" in message.text:
+        return
+    page.errors.append(f"console: {message.text}")  # type: ignore[attr-defined]
+
+
+def _badges(page: Page) -> list[str]:
+    frame = page.frame_locator("#hc-content")
+    frame.locator("body").wait_for()
+    return [t.split("\n")[0].strip() for t in frame.locator(".hc-badge").all_inner_texts()]
+
+
+def _shot(page: Page, name: str) -> Path:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    path = SCREENSHOTS / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_badges_show_each_links_share_and_hover_or_focus_tells_counts_and_target(live, page, sessions):
+    seed(sessions)
+    page.goto(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks")
+    assert _badges(page) == ["30%", "25%", "20%", "not tracked", "10%"]
+    shot = _shot(page, "hot-clicks-html.png")
+    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, DOCS_SCREENSHOT)
+    expect(page.locator("#hc-legend")).to_contain_text("100% = 20 clicks by people")
+    expect(page.locator("#hc-legend")).to_contain_text("across all variants")
+    frame = page.frame_locator("#hc-content")
+    first = frame.locator(".hc-badge").first
+    first.hover()
+    expect(first.locator(".hc-tip")).to_be_visible()
+    expect(first.locator(".hc-tip")).to_have_text("6 clicks, 2 unique clickers. https://shop.example/sale")
+    frame.locator(".hc-badge").nth(1).focus()  # keyboard focus shows the same
+    expect(frame.locator(".hc-badge").nth(1).locator(".hc-tip")).to_contain_text("5 clicks, 3 unique clickers")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_changing_execution_changes_the_figures(live, page, sessions):
+    seeded = seed(sessions)
+    page.goto(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks")
+    summary = page.locator("#change-execution summary")
+    summary.focus()
+    page.keyboard.press("Enter")  # usable with a keyboard
+    expect(page.locator("#change-execution table")).to_be_visible()
+    expect(page.locator("#change-execution")).to_contain_text("never added up across executions")
+    page.locator("#change-execution a.hc-execution", has_text=f"#{seeded.first}").click()
+    expect(page.locator("#execution")).to_contain_text(f"#{seeded.first}")
+    assert _badges(page) == ["25%", "0%", "75%", "not tracked", "0%"]
+    expect(page.locator("#hc-legend")).to_contain_text("100% = 4 clicks")
+    # the first execution started on 2 March 2026 at 09:00 UTC: 10:00 in Paris
+    expect(page.locator("#execution time")).to_have_text("2 Mar 2026, 10:00")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_loading_a_profile_changes_the_content_and_keeps_the_percentages_base(live, page, sessions):
+    seed(sessions)
+    page.goto(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks")
+    page.locator("#load-profile summary").click()
+    page.locator("#load-profile a.hc-profile", has_text="Marc (man, 40)").click()
+    expect(page.locator("#profile")).to_contain_text("Marc (man, 40)")
+    frame = page.frame_locator("#hc-content")
+    expect(frame.locator("img[alt=\"Men's collection\"]")).to_have_count(1)
+    # Marc's variant: the men's hero instead of the women's, the same base (20 clicks)
+    assert _badges(page) == ["30%", "15%", "20%", "not tracked", "10%"]
+    expect(page.locator("#hc-legend")).to_contain_text("100% = 20 clicks")
+    expect(page.locator("#variants")).to_contain_text("46.15%")
+    _shot(page, "hot-clicks-html-profile.png")
+    page.locator("#view-text").click()
+    expect(page.locator("#hc-text")).to_contain_text("Spring is here")
+    assert [b.split("\n")[0] for b in page.locator("#hc-text .hc-badge").all_inner_texts()] == ["0%", "0%"]
+    _shot(page, "hot-clicks-text-profile.png")
+    page.locator("#profile a", has_text="unload").click()
+    expect(page.locator("#profile")).to_contain_text("none")
+    _shot(page, "hot-clicks-text.png")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_a_script_planted_in_an_email_does_not_run(live, page, sessions):
+    seeded = seed(sessions)
+    page.goto(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks?profile={seeded.marc}")
+    frame = page.frame_locator("#hc-content")
+    expect(frame.locator("a", has_text="javascript")).to_have_count(1)
+    frame.locator("a", has_text="javascript").click()
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.hcPwned") is None
+    assert page.title() != "pwned"
+    assert live.beacons == []
+    # and the frame is sandboxed without scripts or the report's origin, under its own policy
+    assert page.locator("#hc-content").get_attribute("sandbox") == ""
+    response = page.request.get(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks/frame?profile={seeded.marc}")
+    assert response.headers["content-security-policy"].startswith("sandbox;")
+
+
+def test_toggles_switch_to_machine_clicks_and_unique_clickers(live, page, sessions):
+    seed(sessions)
+    page.goto(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks")
+    page.locator("#toggle-machine").click()
+    expect(page.locator("#toggle-machine")).to_have_attribute("aria-pressed", "true")
+    assert _badges(page)[2] == "33.33%"  # the blog with the scanner's 4 clicks: 8 of 24
+    page.locator("#toggle-machine").click()
+    page.locator("#toggle-unique").click()
+    assert _badges(page)[1] == "37.5%"  # the women's hero: 3 of 8 unique clickers
+    expect(page.locator("#hc-legend")).to_contain_text("100% = 8 unique clickers")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_tracking_pages_have_no_console_errors(live, page, sessions):
+    seed(sessions)
+    page.goto(f"{live.url}/hotclicks/")
+    expect(page.locator("#deliveries")).to_contain_text("spring-news")
+    page.locator("#deliveries a", has_text="spring-news").click()
+    expect(page.locator("#urls")).to_contain_text("Shop the spring sale")
+    expect(page.locator(".hc-chart svg rect").first).to_be_attached()
+    page.fill("#q", "r1")
+    page.keyboard.press("Enter")
+    expect(page.locator("#messages tbody tr")).to_have_count(3)  # r1, r10, r11
+    page.locator("#messages a", has_text="r1@example.org").click()
+    expect(page.locator("#clicks")).to_contain_text("https://shop.example/men")
+    _shot(page, "recipient.png")
+    page.goto(f"{live.url}/hotclicks/recipients?q=r0")
+    expect(page.locator("#recipients")).to_contain_text("r0@example.org")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_a_newsletter_sent_through_the_relay_shows_its_badges(relay, upstream, client, live, page):
+    send(relay, newsletter(), ["ann@example.org", "bob@example.org"])
+    by_recipient = {m.rcpt_tos[0]: tracked_hrefs(m.data, part="html") for m in upstream.messages}
+    for address, index in [("ann@example.org", 0), ("bob@example.org", 0), ("ann@example.org", 2),
+                           ("bob@example.org", 0)]:
+        assert client.get(urlsplit(by_recipient[address][index]).path,
+                          headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64)"}).status_code == 302
+    page.goto(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks")
+    assert _badges(page) == ["75%", "0%", "25%"]
+    page.locator("#view-text").click()
+    assert [b.split("\n")[0] for b in page.locator("#hc-text .hc-badge").all_inner_texts()] == ["0%"]
+    assert page.errors == []  # type: ignore[attr-defined]
