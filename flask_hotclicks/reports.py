@@ -431,7 +431,7 @@ def _hot_clicks(session: Session, code: str) -> dict[str, Any]:
     preview = state.extension.render_preview(delivery.code, profile)
     content = core.choose_content(session, execution, profile, (preview.html, preview.text) if preview else None)
     data.update(report=report, profile=profile, content=content,
-                figures=core.execution_figures(session, executions))
+                counts=core.execution_counts(session, executions, include_machine=machine))
     return data
 
 
@@ -536,7 +536,7 @@ def hot_clicks_json(code: str) -> Any:
             variants=[_variant_json(v) for v in report.variants],
             anonymous_clicks=report.anonymous_or_unknown_clicks,
             executions=[
-                {**_execution_json(e), "sent": data["figures"][e.id].sent, "clicks": data["figures"][e.id].clicks}
+                {**_execution_json(e), "messages": data["counts"][e.id][0], "clicks": data["counts"][e.id][1]}
                 for e in data["executions"]
             ],
         )

@@ -867,6 +867,36 @@ def execution_figures(session: Session, executions: Sequence[Execution]) -> dict
     return figures
 
 
+def execution_counts(session: Session, executions: Sequence[Execution], *, include_machine: bool = False) -> dict[int, tuple[int, int]]:
+    """Each execution's messages and clicks, from the aggregates and the tail alone (cheap at any
+    size: the execution switcher of the hot clicks shows them)."""
+    ids = [e.id for e in executions]
+    counts = {i: [0, 0] for i in ids}
+    if not ids:
+        return {}
+    for row in session.scalars(select(ExecutionStats).where(ExecutionStats.execution_id.in_(ids))):
+        counts[row.execution_id] = [row.messages, row.clicks + (row.machine_clicks if include_machine else 0)]
+    marks = _watermarks(session)
+    for execution_id, n in session.execute(
+        select(Message.execution_id, func.count())
+        .where(Message.id > marks["message"], Message.execution_id.in_(ids))
+        .group_by(Message.execution_id)
+    ):
+        counts[execution_id][0] += n
+    machine = "" if include_machine else " AND NOT c.is_machine"
+    for execution_id, n in session.execute(
+        text(
+            "SELECT t.execution_id, COUNT(*) FROM hotclicks_click c "
+            "JOIN hotclicks_tracked_url t ON t.id = c.tracked_url_id "
+            f"WHERE c.id > :w{machine} AND t.execution_id IN ({', '.join(str(int(i)) for i in ids)}) "
+            "GROUP BY t.execution_id"
+        ),
+        {"w": marks["click"]},
+    ):
+        counts[execution_id][1] += n
+    return {i: (m, c) for i, (m, c) in counts.items()}
+
+
 def delivery_executions(session: Session, delivery: Delivery) -> list[Execution]:
     """A delivery's executions, newest first (the first one is the hot clicks' default)."""
     return list(
