@@ -62,6 +62,9 @@ PREFETCH_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Moz", "prefetch"),
 )
 
+#: User agents whose verdict is remembered, per set of rules.
+_AGENT_CACHE_SIZE = 4096
+
 #: Name, link key and target of the hidden trap link (see :mod:`hotclicks.links`).
 TRAP_LINK_NAME = "hotclicks:trap"
 
@@ -84,20 +87,30 @@ class BotRules:
     #: Count Apple Mail Privacy Protection's opens as machine opens.
     apple_mpp_opens: bool = True
     _agents: tuple[tuple[str, re.Pattern[str]], ...] = field(init=False, repr=False, compare=False)
+    _cache: dict[str, str | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         agents = [(name, re.compile(pattern, re.I)) for name, pattern in KNOWN_AGENTS]
         agents += [("custom", re.compile(pattern, re.I)) for pattern in self.extra_agents]
         object.__setattr__(self, "_agents", tuple(agents))
+        object.__setattr__(self, "_cache", {})
 
     def agent_name(self, user_agent: str | None) -> str | None:
         """The name of the known scanner or proxy ``user_agent`` belongs to, if any."""
         if not user_agent:
             return None
+        cache = self._cache
+        if user_agent in cache:
+            return cache[user_agent]
+        found = None
         for name, pattern in self._agents:
             if pattern.search(user_agent):
-                return name
-        return None
+                found = name
+                break
+        if len(cache) >= _AGENT_CACHE_SIZE:
+            cache.clear()  # a few distinct agents make most traffic: refilling is cheap
+        cache[user_agent] = found
+        return found
 
 
 DEFAULT_RULES = BotRules()

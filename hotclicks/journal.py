@@ -87,7 +87,8 @@ def _decode(line: bytes) -> Event:
 def _commit(
     sessions: sessionmaker[Session], events: list[Event], rules: bots.BotRules, *, dedupe: bool = False
 ) -> None:
-    with sessions.begin() as session:
+    # A Core connection, not an ORM session: the batch is statements only.
+    with sessions.kw["bind"].begin() as session:
         if dedupe:
             events = [
                 e

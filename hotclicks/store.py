@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, case, delete, func, or_, select, update
+from sqlalchemy import Connection, Select, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -326,6 +326,8 @@ def hot_clicks(session: Session, execution: Execution, *, include_machine: bool 
 
 
 # -- tracking events: clicks and opens, judged by the bot rules, in batches ----------------------
+# These take an ORM session or a plain Core connection: they only execute Core statements, and the
+# hot path (the click route, the journal's writer) uses a connection for less overhead.
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +362,7 @@ class _MessageFacts:
 
 
 def _message_facts(
-    session: Session, message_ids: Iterable[int], since: dt.datetime | None, until: dt.datetime | None
+    session: Session | Connection, message_ids: Iterable[int], since: dt.datetime | None, until: dt.datetime | None
 ) -> dict[int, _MessageFacts]:
     """For each message: when it was delivered, whether its recipient opted out of tracking, and
     its clicks between ``since`` and ``until`` — one indexed query (message by id, clicks by
@@ -397,7 +399,7 @@ def _message_facts(
     return facts
 
 
-def _mark_burst(session: Session, message_id: int, at: dt.datetime, seconds: float, reason: str) -> None:
+def _mark_burst(session: Session | Connection, message_id: int, at: dt.datetime, seconds: float, reason: str) -> None:
     window = dt.timedelta(seconds=seconds)
     session.execute(
         update(Click)
@@ -412,7 +414,7 @@ def _mark_burst(session: Session, message_id: int, at: dt.datetime, seconds: flo
 
 
 def record_clicks(
-    session: Session, events: Sequence[ClickEvent], rules: bots.BotRules = bots.DEFAULT_RULES
+    session: Session | Connection, events: Sequence[ClickEvent], rules: bots.BotRules = bots.DEFAULT_RULES
 ) -> list[bots.Verdict | None]:
     """Judge and record a batch of clicks; one verdict per event (None: its message is gone).
 
@@ -474,7 +476,7 @@ def record_clicks(
     return verdicts
 
 
-def record_opens(session: Session, events: Sequence[OpenEvent]) -> list[bots.Verdict | None]:
+def record_opens(session: Session | Connection, events: Sequence[OpenEvent]) -> list[bots.Verdict | None]:
     """Judge and record a batch of opens; None for an open not recorded (message gone, or its
     recipient opted out of tracking: an open cannot be anonymous)."""
     if not events:
@@ -504,7 +506,7 @@ def record_opens(session: Session, events: Sequence[OpenEvent]) -> list[bots.Ver
     return verdicts
 
 
-def click_exists(session: Session, event: ClickEvent) -> bool:
+def click_exists(session: Session | Connection, event: ClickEvent) -> bool:
     """Whether ``event`` is recorded already (a journal replayed after a crash)."""
     return (
         session.scalar(
@@ -520,7 +522,7 @@ def click_exists(session: Session, event: ClickEvent) -> bool:
     )
 
 
-def open_exists(session: Session, event: OpenEvent) -> bool:
+def open_exists(session: Session | Connection, event: OpenEvent) -> bool:
     return (
         session.scalar(
             select(Open.id)
