@@ -47,6 +47,9 @@ setup(
             "dkimpy>=1.1",
             "playwright>=1.45",
             "flask-mailman>=1.1",
+            # The Flask extension's tests: the mail and ORM extensions a host app may use.
+            "flask-mail>=0.10",
+            "flask-sqlalchemy>=3.1",
         ],
     },
     entry_points={
