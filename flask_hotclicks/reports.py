@@ -517,7 +517,7 @@ def hot_clicks_json(code: str) -> Any:
         badges: dict[str, list[dict[str, Any]]] = {"html": [], "text": []}
         personal = _state().personal_params
         if content.html:
-            _, found = core.annotate_html(content.html, report.by_key("html"), personal_params=personal)
+            found = core.html_badges(content.html, report.by_key("html"), personal_params=personal)
             badges["html"] = [_badge_json(b) for b in found]
         if content.text:
             badges["text"] = [_badge_json(p.badge) for p in core.annotate_text(

@@ -29,10 +29,12 @@ Rows deleted by a retention purge stay counted in the aggregates: the reports ke
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import html as _html
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import case, delete, func, select, text
@@ -91,6 +93,11 @@ _MACHINE = "SUM(CASE WHEN is_machine THEN 1 ELSE 0 END)"
 # -- rolling up ----------------------------------------------------------------------------------
 
 
+def _ints(result: Iterable[Any]) -> list[tuple[Any, ...]]:
+    """Rows with PostgreSQL's numeric sums (Decimal) made ints again."""
+    return [tuple(int(v) if isinstance(v, Decimal) else v for v in row) for row in result]
+
+
 def _hour_expression(dialect: str) -> str:
     if dialect == "postgresql":
         return "CAST(FLOOR(EXTRACT(EPOCH FROM clicked_at) / 3600) AS BIGINT)"
@@ -111,13 +118,13 @@ def _add(session: Session, table: str, keys: Sequence[str], rows: list[dict[str,
 
 
 def _fold_messages(session: Session, lo: int, hi: int) -> None:
-    rows = session.execute(
+    rows = _ints(session.execute(
         text(
             "SELECT execution_id, variant_id, COUNT(*) FROM hotclicks_message "
             "WHERE id > :lo AND id <= :hi GROUP BY execution_id, variant_id"
         ),
         {"lo": lo, "hi": hi},
-    ).all()
+    ).all())
     per_execution: dict[int, int] = {}
     variants = []
     for execution_id, variant_id, count in rows:
@@ -146,7 +153,7 @@ def _fold_clicks(session: Session, lo: int, hi: int) -> None:
     span = {"lo": lo, "hi": hi}
     where = "WHERE id > :lo AND id <= :hi"
     # What the batch adds to each link, and how many (link, message) pairs it makes new.
-    links = session.execute(
+    links = _ints(session.execute(
         text(
             f"WITH b AS (SELECT tracked_url_id AS u, message_id AS m, {_HUMAN} AS h, {_MACHINE} AS x "
             f"FROM hotclicks_click {where} GROUP BY tracked_url_id, message_id) "
@@ -158,9 +165,9 @@ def _fold_clicks(session: Session, lo: int, hi: int) -> None:
             "GROUP BY b.u, t.execution_id"
         ),
         span,
-    ).all()
+    ).all())
     # What it adds to each message, hence to its execution's clickers and its variant's clicks.
-    messages = session.execute(
+    messages = _ints(session.execute(
         text(
             f"WITH b AS (SELECT message_id AS m, {_HUMAN} AS h, {_MACHINE} AS x "
             f"FROM hotclicks_click {where} AND message_id IS NOT NULL GROUP BY message_id) "
@@ -172,7 +179,7 @@ def _fold_clicks(session: Session, lo: int, hi: int) -> None:
             "GROUP BY g.execution_id, g.variant_id"
         ),
         span,
-    ).all()
+    ).all())
     upsert = "ON CONFLICT ({keys}) DO UPDATE SET {sets}"
     session.execute(
         text(
@@ -247,7 +254,7 @@ def _fold_clicks(session: Session, lo: int, hi: int) -> None:
 
 def _fold_opens(session: Session, lo: int, hi: int) -> None:
     span = {"lo": lo, "hi": hi}
-    rows = session.execute(
+    rows = _ints(session.execute(
         text(
             f"WITH b AS (SELECT message_id AS m, {_HUMAN} AS h, {_MACHINE} AS x FROM hotclicks_open "
             "WHERE id > :lo AND id <= :hi GROUP BY message_id) "
@@ -258,7 +265,7 @@ def _fold_opens(session: Session, lo: int, hi: int) -> None:
             "LEFT JOIN hotclicks_message_stats s ON s.message_id = b.m GROUP BY g.execution_id"
         ),
         span,
-    ).all()
+    ).all())
     session.execute(
         text(
             "INSERT INTO hotclicks_message_stats "
@@ -285,8 +292,12 @@ _FOLD = {"message": _fold_messages, "click": _fold_clicks, "open": _fold_opens}
 
 
 def _watermarks(session: Session) -> dict[str, int]:
-    found = {name: mark for name, mark in session.execute(select(RollupState.name, RollupState.watermark))}
-    return {name: int(found.get(name, 0)) for name in _SOURCES}
+    """The watermarks, read once per session (a report reads them for each of its figures)."""
+    cached = session.info.get("hotclicks_watermarks")
+    if cached is None:
+        found = {name: mark for name, mark in session.execute(select(RollupState.name, RollupState.watermark))}
+        cached = session.info["hotclicks_watermarks"] = {name: int(found.get(name, 0)) for name in _SOURCES}
+    return dict(cached)
 
 
 def roll_up(
@@ -299,6 +310,8 @@ def roll_up(
     ``settle=0`` folds everything visible at once: for a single writer (benchmarks, tests).
     """
     now = now or utcnow()
+    session.info.pop("hotclicks_watermarks", None)
+    session.info.pop("hotclicks_urls", None)
     folded = {}
     for name in _SOURCES:
         table = _TABLES[name]
@@ -359,11 +372,26 @@ def needs_roll_up(session: Session, *, settle: float = SETTLE_SECONDS, now: dt.d
 
 def rebuild(session: Session) -> None:
     """Forget every aggregate: the next :func:`roll_up` folds all rows again from the start."""
+    session.info.pop("hotclicks_watermarks", None)
     for model in (ClickBucket, LinkClicker, LinkStats, VariantStats, MessageStats, ExecutionStats, RollupState):
         session.execute(delete(model))
 
 
 # -- hot clicks ----------------------------------------------------------------------------------
+
+
+def _in_urls(session: Session, execution_ids: Iterable[int]) -> str:
+    """``+c.tracked_url_id IN (...)`` for the tracked URLs of ``execution_ids``.
+
+    The tail is read through the primary key (``c.id > watermark``): the unary ``+`` keeps the
+    planner from walking every click of the links through the (tracked_url_id, message_id) index.
+    """
+    wanted = tuple(sorted(execution_ids))
+    cache = session.info.setdefault("hotclicks_urls", {})
+    ids = cache.get(wanted)
+    if ids is None:
+        ids = cache[wanted] = list(session.scalars(select(TrackedUrl.id).where(TrackedUrl.execution_id.in_(wanted))))
+    return f"+c.tracked_url_id IN ({', '.join(str(int(i)) for i in ids) or 'NULL'})"
 
 
 @dataclass
@@ -432,28 +460,28 @@ def _link_figures(session: Session, execution_id: int) -> list[LinkFigure]:
             figure.clickers, figure.all_clickers = stats.clickers, stats.all_clickers
         figures[url.id] = figure
     watermark = _watermarks(session)["click"]
-    tail = session.execute(
+    tail = _ints(session.execute(
         text(
             f"WITH b AS (SELECT c.tracked_url_id AS u, c.message_id AS m, "
             "SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END) AS h, SUM(CASE WHEN c.is_machine THEN 1 ELSE 0 END) AS x "
-            "FROM hotclicks_click c JOIN hotclicks_tracked_url t ON t.id = c.tracked_url_id "
-            "WHERE c.id > :w AND t.execution_id = :e GROUP BY c.tracked_url_id, c.message_id) "
-            "SELECT b.u, b.m, b.h, b.x, lc.clicks FROM b LEFT JOIN hotclicks_link_clicker lc "
-            "ON lc.tracked_url_id = b.u AND lc.message_id = b.m"
+            f"FROM hotclicks_click c WHERE c.id > :w AND {_in_urls(session, [execution_id])} "
+            "GROUP BY c.tracked_url_id, c.message_id) "
+            "SELECT b.u, SUM(b.h), SUM(b.x), "
+            "SUM(CASE WHEN b.m IS NOT NULL AND b.h > 0 AND COALESCE(lc.clicks, 0) = 0 THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN b.m IS NOT NULL AND lc.tracked_url_id IS NULL THEN 1 ELSE 0 END) "
+            "FROM b LEFT JOIN hotclicks_link_clicker lc ON lc.tracked_url_id = b.u AND lc.message_id = b.m "
+            "GROUP BY b.u"
         ),
-        {"w": watermark, "e": execution_id},
-    ).all()
-    for u, m, h, x, folded in tail:
+        {"w": watermark},
+    ).all())
+    for u, h, x, new_clickers, new_all in tail:
         figure = figures.get(u)
         if figure is None:
             continue
         figure.clicks += h
         figure.machine_clicks += x
-        if m is not None:
-            if h > 0 and not folded:
-                figure.clickers += 1
-            if folded is None:
-                figure.all_clickers += 1
+        figure.clickers += new_clickers
+        figure.all_clickers += new_all
     return list(figures.values())
 
 
@@ -506,16 +534,16 @@ def _variant_shares(session: Session, report: HotClicksReport) -> None:
         .group_by(Message.variant_id)
     ):
         counts.setdefault(variant_id, [0, 0, 0])[0] += n
-    tail = session.execute(
+    tail = _ints(session.execute(
         text(
-            "SELECT g.variant_id, SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END), "
-            "SUM(CASE WHEN c.is_machine THEN 1 ELSE 0 END) FROM hotclicks_click c "
-            "JOIN hotclicks_tracked_url t ON t.id = c.tracked_url_id "
-            "JOIN hotclicks_message g ON g.id = c.message_id "
-            "WHERE c.id > :w AND t.execution_id = :e GROUP BY g.variant_id"
+            "SELECT g.variant_id, SUM(b.h), SUM(b.x) FROM (SELECT +c.message_id AS m, "
+            "SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END) AS h, SUM(CASE WHEN c.is_machine THEN 1 ELSE 0 END) AS x "
+            f"FROM hotclicks_click c WHERE c.id > :w AND {_in_urls(session, [execution_id])} "
+            "GROUP BY +c.message_id) b "
+            "JOIN hotclicks_message g ON g.id = b.m GROUP BY g.variant_id"
         ),
         {"w": marks["click"], "e": execution_id},
-    ).all()
+    ).all())
     for variant_id, h, x in tail:
         entry = counts.setdefault(variant_id, [0, 0, 0])
         entry[1] += h
@@ -675,11 +703,46 @@ def annotate_html(
     ``javascript:`` URLs, meta refreshes, and remote images unless ``show_images`` (loading them
     would tell the sender someone looked). It is still shown in a sandboxed frame with a strict
     Content-Security-Policy: this clean-up is a second wall, not the first.
+
+    The parsed and cleaned document, with a slot where each badge goes, is kept per content (a
+    small cache), so a report only fills the slots: its cost does not grow with the email's size.
     """
+    prepared, links = _prepare_html(html, tuple(sorted(personal_params)), show_images)
+    badges = _badges(links, figures)
+    by_index = {b.index: b for b in badges}
+
+    def fill(match: re.Match[str]) -> str:
+        badge = by_index[int(match.group(1))]
+        level = "hc-untracked" if badge.figure is None else f"hc-heat-{heat_level(badge.figure.percent)}"
+        percent = "" if badge.figure is None else f"{badge.figure.percent:g}"
+        label, tip = _html.escape(badge.text(measure)), _html.escape(badge.tip(measure))
+        return (
+            f'<span class="hc-badge {level}" tabindex="0" data-hc-link="{badge.index}" '
+            f'data-hc-percent="{percent}" aria-label="{label}: {tip}">{label}'
+            f'<span class="hc-tip" role="tooltip">{tip}</span></span>'
+        )
+
+    return _SLOT.sub(fill, prepared), badges
+
+
+def html_badges(html: str, figures: dict[str, LinkFigure], *, personal_params: Collection[str] = ()) -> list[Badge]:
+    """The badges of the HTML's links, without rendering anything (the JSON report's)."""
+    return _badges(_html_links(html, tuple(sorted(personal_params))), figures)
+
+
+_SLOT = re.compile(r"<!--hc-slot:(\d+)-->")
+
+
+@functools.lru_cache(maxsize=64)
+def _html_links(html: str, personal_params: tuple[str, ...]) -> list[Link]:
+    return find_html_links(html, personal_params=personal_params)
+
+
+@functools.lru_cache(maxsize=32)
+def _prepare_html(html: str, personal_params: tuple[str, ...], show_images: bool) -> tuple[str, list[Link]]:
     from bs4 import BeautifulSoup, Comment
 
-    links = find_html_links(html, personal_params=personal_params)
-    badges = _badges(links, figures)
+    links = _html_links(html, personal_params)
     marked = rewrite_html(html, {link.index: f"hc-link:{link.index}" for link in links},
                           personal_params=personal_params)
     soup = BeautifulSoup(marked, "html.parser")
@@ -703,28 +766,15 @@ def annotate_html(
             ):
                 tag.attrs["data-hc-" + lowered] = value
                 del tag.attrs[name]
-    by_index = {b.index: b for b in badges}
+    by_index = {link.index: link for link in links}
     for tag in soup.find_all(href=_MARKER):
         match = _MARKER.match(tag["href"])
         assert match is not None
-        badge = by_index[int(match.group(1))]
-        tag["href"] = f"#hc-link-{badge.index}"
-        tag["title"] = badge.url
-        if tag.name == "area":
-            continue
-        span = soup.new_tag("span")
-        span["class"] = ["hc-badge", "hc-untracked" if badge.figure is None else f"hc-heat-{heat_level(badge.figure.percent)}"]
-        span["tabindex"] = "0"
-        span["data-hc-link"] = str(badge.index)
-        span["data-hc-percent"] = "" if badge.figure is None else f"{badge.figure.percent:g}"
-        span["aria-label"] = f"{badge.text(measure)}: {badge.tip(measure)}"
-        span.append(badge.text(measure))
-        tip = soup.new_tag("span")
-        tip["class"] = ["hc-tip"]
-        tip["role"] = "tooltip"
-        tip.append(badge.tip(measure))
-        span.append(tip)
-        tag.insert_before(span)
+        link = by_index[int(match.group(1))]
+        tag["href"] = f"#hc-link-{link.index}"
+        tag["title"] = link.url
+        if tag.name != "area":  # an image map's area has no room for a badge
+            tag.insert_before(Comment(f"hc-slot:{link.index}"))
     style = soup.new_tag("style")
     style.string = BADGE_CSS
     head = soup.find("head")
@@ -732,7 +782,7 @@ def annotate_html(
         head.append(style)
     else:
         soup.insert(0, style)
-    return str(soup), badges
+    return str(soup), links
 
 
 @dataclass(frozen=True)
@@ -834,7 +884,7 @@ def execution_figures(session: Session, executions: Sequence[Execution]) -> dict
             "SELECT t.execution_id, SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END), "
             "SUM(CASE WHEN c.is_machine THEN 1 ELSE 0 END) FROM hotclicks_click c "
             "JOIN hotclicks_tracked_url t ON t.id = c.tracked_url_id "
-            f"WHERE c.id > :w AND t.execution_id IN ({in_ids}) GROUP BY t.execution_id"
+            f"WHERE c.id > :w AND {_in_urls(session, ids)} GROUP BY t.execution_id"
         ),
         params,
     ):
@@ -842,8 +892,8 @@ def execution_figures(session: Session, executions: Sequence[Execution]) -> dict
         figures[execution_id].machine_clicks += x
     for execution_id, new_clickers in session.execute(
         text(
-            "SELECT g.execution_id, COUNT(*) FROM (SELECT message_id FROM hotclicks_click "
-            "WHERE id > :w AND message_id IS NOT NULL AND NOT is_machine GROUP BY message_id) b "
+            "SELECT g.execution_id, COUNT(*) FROM (SELECT +message_id AS message_id FROM hotclicks_click "
+            "WHERE id > :w AND NOT is_machine GROUP BY +message_id) b "
             "JOIN hotclicks_message g ON g.id = b.message_id "
             "LEFT JOIN hotclicks_message_stats s ON s.message_id = b.message_id "
             f"WHERE g.execution_id IN ({in_ids}) AND COALESCE(s.clicks, 0) = 0 GROUP BY g.execution_id"
@@ -854,16 +904,16 @@ def execution_figures(session: Session, executions: Sequence[Execution]) -> dict
     for execution_id, opens, new_openers in session.execute(
         text(
             "SELECT g.execution_id, SUM(b.n), SUM(CASE WHEN COALESCE(s.opens, 0) = 0 THEN 1 ELSE 0 END) "
-            "FROM (SELECT message_id, COUNT(*) AS n FROM hotclicks_open "
-            "WHERE id > :w AND NOT is_machine GROUP BY message_id) b "
+            "FROM (SELECT +message_id AS message_id, COUNT(*) AS n FROM hotclicks_open "
+            "WHERE id > :w AND NOT is_machine GROUP BY +message_id) b "
             "JOIN hotclicks_message g ON g.id = b.message_id "
             "LEFT JOIN hotclicks_message_stats s ON s.message_id = b.message_id "
             f"WHERE g.execution_id IN ({in_ids}) GROUP BY g.execution_id"
         ),
         {"w": marks["open"]},
     ):
-        figures[execution_id].opens += opens
-        figures[execution_id].openers += new_openers
+        figures[execution_id].opens += int(opens)
+        figures[execution_id].openers += int(new_openers)
     return figures
 
 
@@ -888,7 +938,7 @@ def execution_counts(session: Session, executions: Sequence[Execution], *, inclu
         text(
             "SELECT t.execution_id, COUNT(*) FROM hotclicks_click c "
             "JOIN hotclicks_tracked_url t ON t.id = c.tracked_url_id "
-            f"WHERE c.id > :w{machine} AND t.execution_id IN ({', '.join(str(int(i)) for i in ids)}) "
+            f"WHERE c.id > :w{machine} AND {_in_urls(session, ids)} "
             "GROUP BY t.execution_id"
         ),
         {"w": marks["click"]},
@@ -924,7 +974,7 @@ def click_stream(session: Session, execution: Execution, *, include_machine: boo
             f"SELECT {hour_sql}, SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END), "
             "SUM(CASE WHEN c.is_machine THEN 1 ELSE 0 END) FROM hotclicks_click c "
             "JOIN hotclicks_tracked_url t ON t.id = c.tracked_url_id "
-            f"WHERE c.id > :w AND t.execution_id = :e GROUP BY {hour_sql}"
+            f"WHERE c.id > :w AND {_in_urls(session, [execution.id])} GROUP BY {hour_sql}"
         ),
         {"w": _watermarks(session)["click"], "e": execution.id},
     ):
