@@ -123,10 +123,15 @@ _NAME = rf"[A-Za-z][^{_WS}/>]*+"
 _END = rf"(?=[{_WS}/>])"  # what may follow a tag name
 # Elements whose content is raw text (no markup inside); plaintext runs to the end.
 _RAW_ELEMENTS = ("script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes")
-# A conditional comment opener (after "<!"). The downlevel-revealed one, followed at once by
-# "<!-->" or a similar comment end, is an ordinary comment whose content is ordinary markup.
+# A conditional comment opener (after "<!"). The downlevel-revealed one is an ordinary comment
+# whose content is ordinary markup: the opener followed at once by "<!-->" (or, for a negated
+# condition like "[if !mso]", by any comment end: "<!---->", "<!-- -->"). "<!--[if mso]><!-- -->"
+# stays a conditional comment that starts with a comment: Outlook renders what follows.
 _COND_OPEN = rf"--\[{_ci('if')}[^\]<>]*+\]>"
-_DOWNLEVEL_REVEALED = rf"{_COND_OPEN}[{_WS}]*+<![^<>]*?-->"
+_DOWNLEVEL_REVEALED = (
+    rf"--\[{_ci('if')}(?:[^\]<>]*+\]>[{_WS}]*+<!-->"
+    rf"|[^\]<>!]*+![^\]<>]*+\]>[{_WS}]*+<![^<>]*?-->)"
+)
 _COMMENT = rf"--(?!{_COND_OPEN[2:]})(?:-?>|(?:[^-]++|-(?!-!?>))*+(?:--!?>|\Z))"
 # Inside a conditional comment, an ordinary comment also ends before "<![endif]": real mail
 # closes "<!--[if mso]>" with "<!--<![endif]-->" too, and both a browser (whose comment ends at
@@ -138,24 +143,66 @@ _COMMENT_IN_CONDITIONAL = (
 _CDATA = r"\[CDATA\[(?:[^\]]++|\](?!\]>))*+(?:\]\]>|\Z)"
 
 
-def _scanner(conditional: bool) -> re.Pattern[str]:
-    """The scanner for the top level, or for the inside of a conditional comment.
+# Link elements are read in parts: attributes other than href and the markers, the href, and
+# attributes other than the markers. With these, a link element that cannot matter (no marker
+# attribute, and no href or one that is certainly not tracked: "#...", "mailto:", empty...) is
+# skipped like any other tag, and a plain <a> has its href value captured by the scanner itself.
+_HREF_NAME = rf"{_ci('href')}(?=[{_WS}/>=])"
+_MARKER = _ci("data-hc-")
+_OTHER_ATTR = (
+    rf"[{_WS}/]*+(?!{_ci('href')}[{_WS}/>=]|{_MARKER})[^{_WS}/>][^{_WS}/>=]*+"
+    rf"(?:[{_WS}]*+=[{_WS}]*+{_VALUE}?)?"
+)
+_UNMARKED_ATTR = (
+    rf"[{_WS}/]*+(?!{_MARKER})[^{_WS}/>][^{_WS}/>=]*+(?:[{_WS}]*+=[{_WS}]*+{_VALUE}?)?"
+)
+_NO_LINK_ATTRS = rf"(?:{_OTHER_ATTR})*+[{_WS}/]*+>"
+_UNTRACKED_START = "|".join(
+    ["#", *(_ci(scheme) for scheme in ("mailto:", "tel:", "sms:", "javascript:"))]
+)
+_UNTRACKED_VALUE = (
+    rf"""(?:"[{_WS}]*+(?:{_UNTRACKED_START})[^"]*+"|'[{_WS}]*+(?:{_UNTRACKED_START})[^']*+'"""
+    rf"""|(?:{_UNTRACKED_START})[^{_WS}>]*+|""|''|(?=>))"""
+)
+# An href that is present must be followed by its value (when "=" follows): the "=" must never
+# be read as the start of another attribute.
+_UNTRACKED_LINK_ATTRS = (
+    rf"(?:{_OTHER_ATTR})*+[{_WS}/]*+{_HREF_NAME}"
+    rf"(?:[{_WS}]*+=[{_WS}]*+{_UNTRACKED_VALUE}|(?![{_WS}]*+=))"
+    rf"(?:{_UNMARKED_ATTR})*+[{_WS}/]*+>"
+)
+_CAPTURED_HREF_ATTRS = (
+    rf"(?:{_OTHER_ATTR})*+[{_WS}/]*+{_HREF_NAME}[{_WS}]*+=[{_WS}]*+"
+    rf"""(?:"(?P<dq>[^"]*+)"|'(?P<sq>[^']*+)'|(?P<uq>[^{_WS}>"'][^{_WS}>]*+))"""
+    rf"(?:{_UNMARKED_ATTR})*+[{_WS}/]*+>"
+)
 
-    One match skips every construct of no interest (possessively, so nothing is ever re-read
-    from inside a value or a comment) and stops on the next one of interest, which it names.
-    Of interest at the top level: ``<a>``, ``<area>``, ``<base>``, ``</body>``, a conditional
-    comment opener. Inside a conditional comment: ``<a>``, ``<area>``, tags whose name has a
-    ``:`` (VML), a nested opener and ``<![endif]``.
+
+def _skip(conditional: bool) -> str:
+    """A pattern that skips every construct of no interest, possessively.
+
+    Nothing is ever re-read from inside a value or a comment. Of interest at the top level:
+    ``<a>``, ``<area>`` (with an href or a marker attribute), ``<base>``, ``</body>`` and the
+    conditional comments that hold one of those. Inside a conditional comment: ``<a>``,
+    ``<area>``, tags whose name has a ``:`` (VML) with an href or a marker, a nested opener and
+    ``<![endif]``.
     """
-    # Inside a conditional comment a tag name with ":" is of interest, so generic names stop
+    # Inside a conditional comment a tag name with ":" may be of interest, so generic names stop
     # short of one.
     name_rest = rf"[^{_WS}/>:]*+(?!:)" if conditional else rf"[^{_WS}/>]*+"
     tag = name_rest + _TAGREST
     special: dict[str, list[str]] = {}
     for element in (*_RAW_ELEMENTS, "plaintext"):
         special.setdefault(element[0], []).append(element)
-    branches = []
-    for first, elements in sorted(special.items()):
+    # The branch after "<" is chosen by its first character; the most common come first: end
+    # tags, then <td>, <tr>, <table>...
+    if conditional:
+        branches = [rf"/[A-Za-z][^{_WS}/>]*+{_TAGREST}"]
+    else:
+        branches = [rf"/(?!{_ci('body')}{_END})[A-Za-z][^{_WS}/>]*+{_TAGREST}"]
+    generic = "".join(sorted(set("abcdefghijklmnopqrstuvwxyz") - set(special) - set("ab")))
+    generic_branch = rf"[{generic}{generic.upper()}]{tag}"
+    for first, elements in sorted(special.items(), key=lambda item: item[0] != "t"):
         options = []
         for element in elements:
             if element == "plaintext":
@@ -164,41 +211,56 @@ def _scanner(conditional: bool) -> re.Pattern[str]:
                 content = rf"(?:[^<]++|<(?!/{_ci(element)}[{_WS}/>]))*+"
                 options.append(rf"{_ci(element[1:])}{_END}{_TAGREST}{content}")
         branches.append(rf"{_ci(first)}(?:{'|'.join(options)}|{tag})")
-    generic = "".join(sorted(set("abcdefghijklmnopqrstuvwxyz") - set(special) - set("ab")))
-    branches.insert(0, rf"[{generic}{generic.upper()}]{tag}")  # the most common first
-    branches.append(rf"[Aa](?!{_END}|{_ci('rea')}{_END}){tag}")
+        if first == "t":
+            branches.append(generic_branch)
+    branches.append(
+        rf"[Aa](?:(?!{_END}|{_ci('rea')}{_END}){tag}"
+        rf"|(?:{_ci('rea')})?{_END}(?:{_NO_LINK_ATTRS}|{_UNTRACKED_LINK_ATTRS}))"
+    )
     if conditional:
         branches.append(rf"[Bb]{tag}")
-        end_tag = rf"/[A-Za-z][^{_WS}/>]*+{_TAGREST}"
-        bogus = rf"(?!--|{_ENDIF[1:]})[^>]*+>?"
-        comment = _COMMENT_IN_CONDITIONAL
-        interest = (
+        # VML without an href that matters
+        branches.append(
+            rf"[A-Za-z][^{_WS}/>:]*+:[^{_WS}/>]*+(?:{_NO_LINK_ATTRS}|{_UNTRACKED_LINK_ATTRS})"
+        )
+        bang = rf"{_DOWNLEVEL_REVEALED}|{_COMMENT_IN_CONDITIONAL}|{_CDATA}|(?!--|{_ENDIF[1:]})[^>]*+>?"
+    else:
+        branches.append(rf"[Bb](?!{_ci('ase')}{_END}){tag}")
+        # A conditional comment with nothing of interest inside is skipped whole.
+        boring = rf"{_COND_OPEN}{_skip(conditional=True)}<{_ENDIF}[^>]*+>?"
+        bang = rf"{_DOWNLEVEL_REVEALED}|{boring}|{_COMMENT}|{_CDATA}|(?!--)[^>]*+>?"
+    branches += [
+        rf"!(?:{bang})",
+        r"/(?![A-Za-z])[^>]*+>?",  # "</" and no name: a bogus comment ("</>" is nothing)
+        r"\?[^>]*+>?",  # processing instruction: a bogus comment
+        r"(?![A-Za-z!/?])",  # a "<" that is text
+    ]
+    return rf"[^<]*+(?:<(?:{'|'.join(branches)})[^<]*+)*+"
+
+
+def _scanner(conditional: bool) -> re.Pattern[str]:
+    """The scanner for the top level, or for the inside of a conditional comment.
+
+    One match skips what is of no interest (:func:`_skip`) and stops on the next construct of
+    interest, which it names. "bad" is an unterminated tag that runs to the end of the document:
+    nothing more to find.
+    """
+    fast = rf"(?P<fast><[Aa]{_END}{_CAPTURED_HREF_ATTRS})|"
+    if conditional:
+        interest = fast + (
             rf"(?P<link><[Aa](?:{_ci('rea')})?{_END}{_TAGREST})"
             rf"|(?P<vml><[A-Za-z][^{_WS}/>:]*+:[^{_WS}/>]*+{_TAGREST})"
             rf"|(?P<cond><!{_COND_OPEN})"
             rf"|(?P<endif><{_ENDIF}[^>]*+>?)"
         )
     else:
-        branches.append(rf"[Bb](?!{_ci('ase')}{_END}){tag}")
-        end_tag = rf"/(?!{_ci('body')}{_END})[A-Za-z][^{_WS}/>]*+{_TAGREST}"
-        bogus = r"(?!--)[^>]*+>?"
-        comment = _COMMENT
-        interest = (
+        interest = fast + (
             rf"(?P<link><[Aa](?:{_ci('rea')})?{_END}{_TAGREST})"
             rf"|(?P<base><{_ci('base')}{_END}{_TAGREST})"
             rf"|(?P<cond><!{_COND_OPEN})"
             rf"|(?P<body></{_ci('body')}{_END}{_TAGREST})"
         )
-    branches += [
-        end_tag,
-        rf"!(?:{_DOWNLEVEL_REVEALED}|{comment}|{_CDATA}|{bogus})",
-        r"/(?![A-Za-z])[^>]*+>?",  # "</" and no name: a bogus comment ("</>" is nothing)
-        r"\?[^>]*+>?",  # processing instruction: a bogus comment
-        r"(?![A-Za-z!/?])",  # a "<" that is text
-    ]
-    skip = rf"[^<]*+(?:<(?:{'|'.join(branches)})[^<]*+)*+"
-    # "bad" is an unterminated tag at the end of the document: nothing more to find.
-    return re.compile(rf"{skip}(?:{interest}|(?P<eof>\Z)|(?P<bad>))")
+    return re.compile(rf"{_skip(conditional)}(?:{interest}|(?P<eof>\Z)|(?P<bad>))")
 
 
 _SCAN_TOP = _scanner(conditional=False)
@@ -272,7 +334,6 @@ _PLACEHOLDER = re.compile(
     r"\{\{.*?\}\}|\{%.*?%\}|\*\|.*?\|\*|%%[^%]+%%|<%.*?%>|\$\{.*?\}|%7B%7B.*?%7D%7D|\[[^\[\]]*\]",
     re.DOTALL | re.IGNORECASE,
 )
-_PLACEHOLDER_HINTS = ("{", "|", "%%", "[", "<%", "%7")
 _IPV6_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^/?#@\[]*@)?\[[0-9A-Fa-f:.]+\]")
 
 
@@ -284,8 +345,8 @@ def _clean_url(value: str) -> str:
 
 
 def _has_placeholder(url: str) -> bool:
-    if not any(hint in url for hint in _PLACEHOLDER_HINTS):
-        return False
+    if not ("{" in url or "|" in url or "%" in url or "[" in url):
+        return False  # the common case, decided without the regex
     if "[" in url:
         url = _IPV6_AUTHORITY.sub("", url, count=1)  # an IPv6 host is not a placeholder
     return _PLACEHOLDER.search(url) is not None
@@ -296,7 +357,9 @@ def _host(url: str) -> str:
     authority = _AUTHORITY.match(url)
     if authority is None:
         return ""
-    host = authority.group(1).rpartition("@")[2]
+    host = authority.group(1)
+    if "@" in host:
+        host = host.rpartition("@")[2]
     if host.startswith("["):
         end = host.find("]")
         return host[: end + 1].lower() if end > 0 else ""
@@ -317,6 +380,8 @@ class _Options(NamedTuple):
         excluded_domains: Collection[str],
         tracked_prefixes: Collection[str],
     ) -> _Options:
+        if not (personal_params or excluded_domains or tracked_prefixes):
+            return _NO_OPTIONS
         for name, value in (
             ("personal_params", personal_params),
             ("excluded_domains", excluded_domains),
@@ -335,16 +400,17 @@ class _Options(NamedTuple):
         """The absolute http(s) target of a cleaned value, or None when it is not tracked."""
         if not url or url[0] == "#" or _has_placeholder(url):
             return None
-        scheme = _SCHEME.match(url)
-        if scheme is None:
-            if base is None:
-                return None
-            url = urljoin(base, url)
+        if not url.startswith(("https://", "http://")):  # the common case, decided at once
             scheme = _SCHEME.match(url)
             if scheme is None:
+                if base is None:
+                    return None
+                url = urljoin(base, url)
+                scheme = _SCHEME.match(url)
+                if scheme is None:
+                    return None
+            if scheme.group(1).lower() not in ("http", "https"):
                 return None
-        if scheme.group(1).lower() not in ("http", "https"):
-            return None
         host = _host(url)
         if not host:
             return None
@@ -354,6 +420,9 @@ class _Options(NamedTuple):
         if self.prefixes and url.startswith(self.prefixes):
             return None
         return url
+
+
+_NO_OPTIONS = _Options(frozenset(), (), ())
 
 
 def canonical_url(url: str, personal_params: Collection[str]) -> str:
@@ -382,11 +451,10 @@ def canonical_url(url: str, personal_params: Collection[str]) -> str:
 # Labels
 
 _STRIP_MARKUP = re.compile(
-    r"<!--[\s\S]*?(?:-->|\Z)|<(?:script|style)\b[\s\S]*?(?:</(?:script|style)\s*>|\Z)"
-    r"|<[A-Za-z/!?](?:[^>\"']++|\"[^\"]*\"|'[^']*')*+>?",
-    re.IGNORECASE,
+    rf"<!--[\s\S]*?(?:-->|\Z)"
+    rf"|<(?:{_ci('script')}|{_ci('style')})\b[\s\S]*?(?:</(?:{_ci('script')}|{_ci('style')})\s*>|\Z)"
+    r"|<[A-Za-z/!?](?:[^>\"']++|\"[^\"]*\"|'[^']*')*+>?"
 )
-_SPACES = re.compile(r"\s+")
 _IMG_ALT = re.compile(
     r"<img\b(?:[^>\"']++|\"[^\"]*\"|'[^']*')*?[\s\"'/]alt\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+))",
     re.IGNORECASE,
@@ -409,7 +477,15 @@ def _label_end(tag: str) -> re.Pattern[str]:
 
 
 def _clip(text: str) -> str:
-    return _SPACES.sub(" ", text).strip()[:LABEL_MAX]
+    """Whitespace collapsed, at most LABEL_MAX characters."""
+    return " ".join(text.split())[:LABEL_MAX]
+
+
+def _text(markup: str) -> str:
+    """The text of a piece of HTML: tags and comments dropped, entities decoded."""
+    if "<" in markup:
+        markup = _STRIP_MARKUP.sub(" ", markup)
+    return _html.unescape(markup) if "&" in markup else markup
 
 
 def _label(doc: str, tag: str, tag_end: int, alt: str) -> str:
@@ -421,11 +497,11 @@ def _label(doc: str, tag: str, tag_end: int, alt: str) -> str:
     limit = min(len(doc), tag_end + _LABEL_WINDOW)
     end = _label_end(tag).search(doc, tag_end, limit)
     fragment = doc[tag_end : end.start() if end else limit]
-    label = _clip(_html.unescape(_STRIP_MARKUP.sub(" ", fragment)))
+    label = _clip(_text(fragment))
     if not label:
         image = _IMG_ALT.search(fragment)
         if image:
-            label = _clip(_html.unescape(next(g for g in image.groups() if g is not None)))
+            label = _clip(_text(next(g for g in image.groups() if g is not None)))
     return label
 
 
@@ -539,7 +615,17 @@ def _scan(doc: str) -> _Scan:
         m = scan(doc, pos)
         kind = m.lastgroup
         pos = m.end()
-        if kind == "link" or kind == "vml":
+        if kind == "fast":  # a plain <a>, its href value captured
+            for group, quote in (("dq", '"'), ("sq", "'"), ("uq", "")):
+                value_start, value_end = m.span(group)
+                if value_start >= 0:
+                    break
+            raw = doc[value_start:value_end]
+            clean = _clean_url(_unescape_attr(raw) if "&" in raw else raw)
+            hrefs.append(
+                _Href(value_start, value_end, quote, raw, clean, "a", pos, "", None, depth > 0)
+            )
+        elif kind == "link" or kind == "vml":
             href = _read_link_tag(doc, m.start(kind), pos, depth > 0, markers)
             if href is not None:
                 hrefs.append(href)

@@ -306,9 +306,19 @@ def test_a_conditional_comment_closed_like_a_downlevel_revealed_one_ends_there()
 
 
 def test_downlevel_revealed_content_is_ordinary_markup() -> None:
-    html = '<!--[if !mso]><!-- --><a href="https://x.example/1">1</a><!--<![endif]-->'
-    [link] = find_html_links(html)
-    assert (link.url, link.conditional) == ("https://x.example/1", False)
+    html = (
+        '<!--[if !mso]><!-- --><a href="https://x.example/1">1</a><!--<![endif]-->'
+        '<!--[if !mso | IE]><!----><a href="https://x.example/2">2</a><!--<![endif]-->'
+        '<!--[if mso]><!--><a href="https://x.example/3">3</a><!--<![endif]-->'
+        # Not downlevel-revealed: a conditional comment whose content starts with a comment.
+        '<!--[if mso]><!-- button --><v:rect href="https://x.example/4"></v:rect><![endif]-->'
+    )
+    assert [(link.url, link.conditional) for link in find_html_links(html)] == [
+        ("https://x.example/1", False),
+        ("https://x.example/2", False),
+        ("https://x.example/3", False),
+        ("https://x.example/4", True),
+    ]
 
 
 # Keys
