@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,25 +26,19 @@ from hotclicks.executions import HEADERS, MarkError, Marks, read_marks
 from hotclicks.mime import TextPart, edit_headers, read_headers, rewrite_message, text_parts
 from hotclicks.models import (
     DeliveryType,
+    Execution,
     Message,
     MessageStatus,
     RelayCounter,
     RelayIncident,
+    TestProfile,
     TrackedUrl,
     utcnow,
 )
-from hotclicks.store import (
-    LinkSpec,
-    ensure_tracked_urls,
-    ensure_variant,
-    get_recipient,
-    is_unsubscribed,
-    resolve_execution,
-    test_profile_for,
-    variant_signature,
-)
+from hotclicks.store import LinkSpec, ensure_tracked_urls, ensure_variant, variant_signature
 from hotclicks.tokens import TokenSigner
 
+from . import records
 from .config import RelayConfig
 from .dkim import DkimSigner
 
@@ -144,6 +138,8 @@ class MessageProcessor:
         #: (execution id, variant signature) -> its tracked URLs and variant id. Tracked URLs and
         #: variants are never deleted, so once seen they need not be looked up again.
         self._known: dict[tuple[int, str], tuple[dict[tuple[str, str], TrackedUrl], int]] = {}
+        #: Delivery code -> id. Deliveries are never deleted.
+        self._deliveries: dict[str, int] = {}
         self._link_options = {
             "personal_params": config.personal_params,
             "excluded_domains": config.excluded_domains,
@@ -264,29 +260,41 @@ class MessageProcessor:
         sample_text = next((s.part.text for s in scanned if s.name == "text"), None)
         marketing = marks.type is not DeliveryType.TRANSACTIONAL
         now = self.clock()
+        signature = variant_signature(specs)
         with self.sessions.begin() as session:
-            execution = resolve_execution(
-                session,
+            connection = session.connection()
+            delivery = self._deliveries.get(marks.delivery)
+            if delivery is None:
+                delivery = records.delivery_id(connection, marks)
+            execution_id = records.resolve_execution_id(
+                connection,
                 marks,
                 now,
+                delivery=delivery,
                 period=self.config.transactional_period,
                 quiet_gap=self.config.quiet_gap,
             )
-            signature = variant_signature(specs)
-            known = self._known.get((execution.id, signature))
+            execution: Execution | None = None
+            known = self._known.get((execution_id, signature))
             if known is None:
+                execution = session.get(Execution, execution_id)
+                assert execution is not None
                 tracked = ensure_tracked_urls(session, execution, specs)
                 known_variant = None
             else:
                 tracked, known_variant = known
-            messages = []
+            facts = records.recipient_facts(connection, recipients, marks.recipient_id)
+            rows = []
             for address in recipients:
-                recipient = get_recipient(session, address, marks.recipient_id)
-                profile = test_profile_for(session, address)
-                keep = profile is not None or self.config.keep_recipient_samples
-                if known_variant is not None and profile is None:
+                recipient = facts[address.lower()]
+                keep = recipient.profile_id is not None or self.config.keep_recipient_samples
+                if known_variant is not None and recipient.profile_id is None:
                     variant_id = known_variant
                 else:
+                    if execution is None:
+                        execution = session.get(Execution, execution_id)
+                        assert execution is not None
+                    profile = session.get(TestProfile, recipient.profile_id) if recipient.profile_id is not None else None
                     variant_id = ensure_variant(
                         session,
                         execution,
@@ -297,29 +305,37 @@ class MessageProcessor:
                     ).id
                     if keep:  # a sample is in place: later recipients need not look
                         known_variant = variant_id
-                suppressed = marketing and is_unsubscribed(session, recipient.id)
-                message = Message(
-                    execution_id=execution.id,
-                    recipient_id=recipient.id,
-                    variant_id=variant_id,
-                    status=MessageStatus.SUPPRESSED if suppressed else MessageStatus.QUEUED,
-                    status_reply=REPLY_SUPPRESSED if suppressed else None,
-                    message_id_header=message_id_header,
-                    created_at=now,
+                suppressed = marketing and recipient.unsubscribed
+                rows.append(
+                    {
+                        "execution_id": execution_id,
+                        "recipient_id": recipient.id,
+                        "variant_id": variant_id,
+                        "status": MessageStatus.SUPPRESSED if suppressed else MessageStatus.QUEUED,
+                        "status_reply": REPLY_SUPPRESSED if suppressed else None,
+                        "message_id_header": message_id_header,
+                        "created_at": now,
+                    }
                 )
-                session.add(message)
-                messages.append((address, message, suppressed))
-            session.flush()
+            session.flush()  # a variant's sample, before the messages that point at it
+            message_ids = records.insert_messages(connection, rows)
             _add_incidents(session, incidents)
-            if known_variant is not None:
-                if len(self._known) > 10_000:
-                    self._known.clear()
-                self._known[(execution.id, signature)] = (tracked, known_variant)
-            return (
-                execution.id,
-                [_Row(address, message.id, suppressed) for address, message, suppressed in messages],
-                tracked,
-            )
+        # Remembered once committed only: a rolled-back transaction's rows do not exist.
+        if len(self._deliveries) > 10_000:
+            self._deliveries.clear()
+        self._deliveries[marks.delivery] = delivery
+        if known_variant is not None:
+            if len(self._known) > 10_000:
+                self._known.clear()
+            self._known[(execution_id, signature)] = (tracked, known_variant)
+        return (
+            execution_id,
+            [
+                _Row(address, message_id, row["status"] is MessageStatus.SUPPRESSED)
+                for address, message_id, row in zip(recipients, message_ids, rows)
+            ],
+            tracked,
+        )
 
     def _rewrite(
         self,
@@ -363,11 +379,7 @@ class MessageProcessor:
     ) -> None:
         """Write delivery outcomes, incidents and counters in one transaction; blocking."""
         with self.sessions.begin() as session:
-            for message_id, status, reply in outcomes:
-                values: dict[str, object] = {"status": status, "status_reply": reply}
-                if status is MessageStatus.SENT:
-                    values["sent_at"] = self.clock()
-                session.execute(update(Message).where(Message.id == message_id).values(**values))
+            records.set_statuses(session.connection(), list(outcomes), self.clock())
             _add_incidents(session, incidents)
             day = self.clock().strftime("%Y-%m-%d")
             for name, count in Counter(counters).items():
