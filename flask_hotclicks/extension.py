@@ -75,7 +75,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # With the journal: fdatasync each event before answering (survives power loss, slower).
     "HOTCLICKS_JOURNAL_FSYNC": False,
     # With the journal: longest wait, in seconds, before appended events are committed.
-    "HOTCLICKS_JOURNAL_INTERVAL": 0.05,
+    "HOTCLICKS_JOURNAL_INTERVAL": 0.5,
     # Check at start that the database schema is at the newest revision.
     "HOTCLICKS_CHECK_SCHEMA": False,
 }

@@ -166,7 +166,7 @@ class EventJournal:
         rules: bots.BotRules = bots.DEFAULT_RULES,
         *,
         fsync: bool = False,
-        interval: float = 0.05,
+        interval: float = 0.5,
         batch_size: int = 2000,
     ) -> None:
         self.directory = Path(directory)

@@ -399,6 +399,23 @@ def _message_facts(
     return facts
 
 
+def _bulk_insert(session: Session | Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` in the caller's transaction: with PostgreSQL's COPY through psycopg (one
+    round trip, no per-row statement), else as one executemany."""
+    connection = session.connection() if isinstance(session, Session) else session
+    if len(rows) > 1 and connection.dialect.driver == "psycopg":
+        columns = list(rows[0])
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cursor:
+            quoted = ", ".join(f'"{c}"' for c in columns)
+            with cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+                for row in rows:
+                    copy.write_row([row[c] for c in columns])
+        return
+    session.execute(table.insert(), rows)
+
+
 def _mark_burst(session: Session | Connection, message_id: int, at: dt.datetime, seconds: float, reason: str) -> None:
     window = dt.timedelta(seconds=seconds)
     session.execute(
@@ -470,7 +487,7 @@ def record_clicks(
             }
         )
     if rows:
-        session.execute(Click.__table__.insert(), rows)
+        _bulk_insert(session, Click.__table__, rows)
     for message_id, at, seconds, reason in bursts:
         _mark_burst(session, message_id, at, seconds, reason)
     return verdicts
@@ -502,7 +519,7 @@ def record_opens(session: Session | Connection, events: Sequence[OpenEvent]) -> 
             }
         )
     if rows:
-        session.execute(Open.__table__.insert(), rows)
+        _bulk_insert(session, Open.__table__, rows)
     return verdicts
 
 
