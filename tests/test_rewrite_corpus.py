@@ -6,6 +6,11 @@ found are checked against an independent count: BeautifulSoup (``html.parser``) 
 ``<area>`` in the document, and, since no parser looks inside comments, BeautifulSoup again on
 the content of each Outlook conditional comment plus a plain regex count of the VML hrefs there.
 (The ``*.eml`` files are the MIME module's: ``tests/test_mime_corpus.py``.)
+
+Reconciling the two counts: BeautifulSoup sees no link inside a conditional comment (a comment to
+it), so those come from the comments' content, parsed on its own; that is the only difference.
+Mailgun's templates close ``<!--[if mso]>`` with ``<!--<![endif]-->``: to BeautifulSoup the
+comment then runs to that ``-->`` as well, so both readings agree on where the region ends.
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ PIXEL_URL = "https://t.example/o/eyJtIjoxMjM0NTY3fQ.signature?x=1&y=2"
 # The independent idea of a trackable href, written without the module's code.
 _PLACEHOLDERS = ("{{", "{%", "*|", "%%", "[", "<%", "${")
 _CONDITIONAL = re.compile(r"^\[if [^\]]*\]>(.*)<!\[endif\]$", re.DOTALL | re.IGNORECASE)
-_VML_HREF = re.compile(r"<v:\w+\b[^>]*?\shref\s*=", re.IGNORECASE)
+_VML_HREF = re.compile(
+    r"<v:\w+\b[^>]*?\shref\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+))", re.IGNORECASE
+)
 
 
 def read(path: Path) -> tuple[bytes, str]:
@@ -98,8 +105,8 @@ def test_rewriting_every_link_is_exactly_reversible(path: Path) -> None:
     # pixel: the decoded file again, so its bytes again.
     out = check_undo(html, html, pixel_url=PIXEL_URL)
     assert out.count(PIXEL_URL.replace("&", "&amp;")) == 1
-    body_end = [m.start() for m in re.finditer(r"</body", html, re.IGNORECASE)]
-    if body_end:  # the pixel sits right before the last </body> (none of these hides one)
+    if re.search(r"</body", html, re.IGNORECASE):
+        # The pixel sits right before the last </body> (no file here hides one in a comment).
         assert re.search(r"/>\s*</body\s*>\s*</html>\s*$", out, re.IGNORECASE)
 
 
@@ -116,15 +123,9 @@ def test_every_trackable_link_is_found(path: Path) -> None:
     assert ours_inside == sorted(inside)
     vml_by_regex = 0
     for comment in re.findall(r"<!--\[if [^\]]*\]>(.*?)<!\[endif\]-->", html, re.DOTALL | re.I):
-        vml_by_regex += sum(
-            1
-            for tag in _VML_HREF.finditer(comment)
-            if expected_url(
-                re.match(r"\s*(?:\"([^\"]*)\"|'([^']*)'|(\S+))", comment[tag.end() :]).group(0)  # type: ignore[union-attr]
-                .strip().strip("\"'"),
-                None,
-            )
-        )
+        for values in _VML_HREF.findall(comment):
+            if expected_url("".join(values), None) is not None:
+                vml_by_regex += 1
     assert sum(1 for link in links if ":" in link.tag) == vml_by_regex
     assert len(links) == len(outside) + len(inside)
 
