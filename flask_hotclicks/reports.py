@@ -414,8 +414,8 @@ def _profile(session: Session) -> TestProfile | None:
     return profile
 
 
-def _hot_clicks(session: Session, code: str) -> dict[str, Any]:
-    """Everything the hot clicks page, its frame and its JSON twin show."""
+def _hot_clicks(session: Session, code: str, *, frame: bool = False) -> dict[str, Any]:
+    """Everything the hot clicks page, its frame and its JSON twin show (the frame: less)."""
     delivery = _delivery(session, code)
     executions = core.delivery_executions(session, delivery)
     execution = _execution(session, delivery, executions)
@@ -427,11 +427,12 @@ def _hot_clicks(session: Session, code: str) -> dict[str, Any]:
         return data
     state = _state()
     profile = _profile(session)
-    report = core.hot_clicks_report(session, execution, include_machine=machine, measure=measure)
+    report = core.hot_clicks_report(session, execution, include_machine=machine, measure=measure, variants=not frame)
     preview = state.extension.render_preview(delivery.code, profile)
     content = core.choose_content(session, execution, profile, (preview.html, preview.text) if preview else None)
-    data.update(report=report, profile=profile, content=content,
-                counts=core.execution_counts(session, executions, include_machine=machine))
+    data.update(report=report, profile=profile, content=content)
+    if not frame:
+        data["counts"] = core.execution_counts(session, executions, include_machine=machine)
     return data
 
 
@@ -493,7 +494,7 @@ def hot_clicks_frame(code: str) -> Any:
     """The email's HTML with its badges, for the page's sandboxed frame (its own strict policy)."""
     show_images = _flag("images")
     with _session() as session:
-        data = _hot_clicks(session, code)
+        data = _hot_clicks(session, code, frame=True)
         report, content = data["report"], data.get("content")
         if report is None or content is None or not content.html:
             body = "<!DOCTYPE html><p>No HTML content to show.</p>"

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, text
+from sqlalchemy import BigInteger, bindparam, case, delete, func, literal, select, text
 from sqlalchemy.orm import Session
 
 from . import bots
@@ -380,6 +380,29 @@ def rebuild(session: Session) -> None:
 # -- hot clicks ----------------------------------------------------------------------------------
 
 
+def _tail_text(sql: str) -> Any:
+    """A statement over the rows above a watermark ``:w``, with the watermark written in the SQL.
+
+    A prepared statement's generic plan would guess that ``id > $1`` keeps a third of the table
+    and scan it all; with the value in the text, the planner sees how few rows the tail holds.
+    """
+    return text(sql).bindparams(bindparam("w", type_=BigInteger(), literal_execute=True))
+
+
+def _url_executions(session: Session, execution_ids: Iterable[int]) -> dict[int, int]:
+    """The execution of each tracked URL of ``execution_ids`` (read once per session)."""
+    wanted = tuple(sorted(execution_ids))
+    cache = session.info.setdefault("hotclicks_url_executions", {})
+    found = cache.get(wanted)
+    if found is None:
+        found = cache[wanted] = {
+            u: e for u, e in session.execute(
+                select(TrackedUrl.id, TrackedUrl.execution_id).where(TrackedUrl.execution_id.in_(wanted))
+            )
+        }
+    return found
+
+
 def _in_urls(session: Session, execution_ids: Iterable[int]) -> str:
     """``+c.tracked_url_id IN (...)`` for the tracked URLs of ``execution_ids``.
 
@@ -461,11 +484,11 @@ def _link_figures(session: Session, execution_id: int) -> list[LinkFigure]:
         figures[url.id] = figure
     watermark = _watermarks(session)["click"]
     tail = _ints(session.execute(
-        text(
-            f"WITH b AS (SELECT c.tracked_url_id AS u, c.message_id AS m, "
+        _tail_text(
+            f"WITH b AS (SELECT +c.tracked_url_id AS u, +c.message_id AS m, "
             "SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END) AS h, SUM(CASE WHEN c.is_machine THEN 1 ELSE 0 END) AS x "
             f"FROM hotclicks_click c WHERE c.id > :w AND {_in_urls(session, [execution_id])} "
-            "GROUP BY c.tracked_url_id, c.message_id) "
+            "GROUP BY +c.tracked_url_id, +c.message_id) "
             "SELECT b.u, SUM(b.h), SUM(b.x), "
             "SUM(CASE WHEN b.m IS NOT NULL AND b.h > 0 AND COALESCE(lc.clicks, 0) = 0 THEN 1 ELSE 0 END), "
             "SUM(CASE WHEN b.m IS NOT NULL AND lc.tracked_url_id IS NULL THEN 1 ELSE 0 END) "
@@ -486,7 +509,12 @@ def _link_figures(session: Session, execution_id: int) -> list[LinkFigure]:
 
 
 def hot_clicks_report(
-    session: Session, execution: Execution, *, include_machine: bool = False, measure: str = "clicks"
+    session: Session,
+    execution: Execution,
+    *,
+    include_machine: bool = False,
+    measure: str = "clicks",
+    variants: bool = True,
 ) -> HotClicksReport:
     """Each link of ``execution`` with its share of the execution's clicks (or unique clickers).
 
@@ -510,7 +538,8 @@ def hot_clicks_report(
         else:
             figure.percent = _percent(figure.shown_clicks, total_clicks)
     report = HotClicksReport(execution, include_machine, measure, links, total_clicks, total_unique)
-    _variant_shares(session, report)
+    if variants:
+        _variant_shares(session, report)
     return report
 
 
@@ -530,12 +559,12 @@ def _variant_shares(session: Session, report: HotClicksReport) -> None:
             counts[stats.variant_id] = [stats.messages, stats.clicks, stats.machine_clicks]
     for variant_id, n in session.execute(
         select(Message.variant_id, func.count())
-        .where(Message.id > marks["message"], Message.execution_id == execution_id)
+        .where(Message.id > literal(marks["message"], BigInteger(), literal_execute=True), (Message.execution_id + 0) == execution_id)
         .group_by(Message.variant_id)
     ):
         counts.setdefault(variant_id, [0, 0, 0])[0] += n
     tail = _ints(session.execute(
-        text(
+        _tail_text(
             "SELECT g.variant_id, SUM(b.h), SUM(b.x) FROM (SELECT +c.message_id AS m, "
             "SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END) AS h, SUM(CASE WHEN c.is_machine THEN 1 ELSE 0 END) AS x "
             f"FROM hotclicks_click c WHERE c.id > :w AND {_in_urls(session, [execution_id])} "
@@ -551,7 +580,7 @@ def _variant_shares(session: Session, report: HotClicksReport) -> None:
     stats_row = session.get(ExecutionStats, execution_id)
     recipients = (stats_row.messages if stats_row else 0) + sum(
         n for (n,) in session.execute(
-            select(func.count()).where(Message.id > marks["message"], Message.execution_id == execution_id)
+            select(func.count()).where(Message.id > literal(marks["message"], BigInteger(), literal_execute=True), (Message.execution_id + 0) == execution_id)
         )
     )
     report.recipients = recipients
@@ -625,7 +654,7 @@ def choose_content(
     marks = _watermarks(session)
     for v, n in session.execute(
         select(Message.variant_id, func.count())
-        .where(Message.id > marks["message"], Message.execution_id == execution.id)
+        .where(Message.id > literal(marks["message"], BigInteger(), literal_execute=True), (Message.execution_id + 0) == execution.id)
         .group_by(Message.variant_id)
     ):
         sizes[v] = sizes.get(v, 0) + n
@@ -880,18 +909,18 @@ def execution_figures(session: Session, executions: Sequence[Execution]) -> dict
     params = {"w": marks["click"]}
     in_ids = ", ".join(str(int(i)) for i in ids)
     for execution_id, h, x in session.execute(
-        text(
-            "SELECT t.execution_id, SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END), "
+        _tail_text(
+            "SELECT +c.tracked_url_id, SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END), "
             "SUM(CASE WHEN c.is_machine THEN 1 ELSE 0 END) FROM hotclicks_click c "
-            "JOIN hotclicks_tracked_url t ON t.id = c.tracked_url_id "
-            f"WHERE c.id > :w AND {_in_urls(session, ids)} GROUP BY t.execution_id"
+            f"WHERE c.id > :w AND {_in_urls(session, ids)} GROUP BY +c.tracked_url_id"
         ),
         params,
     ):
+        execution_id = _url_executions(session, ids)[execution_id]
         figures[execution_id].clicks += h
         figures[execution_id].machine_clicks += x
     for execution_id, new_clickers in session.execute(
-        text(
+        _tail_text(
             "SELECT g.execution_id, COUNT(*) FROM (SELECT +message_id AS message_id FROM hotclicks_click "
             "WHERE id > :w AND NOT is_machine GROUP BY +message_id) b "
             "JOIN hotclicks_message g ON g.id = b.message_id "
@@ -902,7 +931,7 @@ def execution_figures(session: Session, executions: Sequence[Execution]) -> dict
     ):
         figures[execution_id].clickers += new_clickers
     for execution_id, opens, new_openers in session.execute(
-        text(
+        _tail_text(
             "SELECT g.execution_id, SUM(b.n), SUM(CASE WHEN COALESCE(s.opens, 0) = 0 THEN 1 ELSE 0 END) "
             "FROM (SELECT +message_id AS message_id, COUNT(*) AS n FROM hotclicks_open "
             "WHERE id > :w AND NOT is_machine GROUP BY +message_id) b "
@@ -929,21 +958,20 @@ def execution_counts(session: Session, executions: Sequence[Execution], *, inclu
     marks = _watermarks(session)
     for execution_id, n in session.execute(
         select(Message.execution_id, func.count())
-        .where(Message.id > marks["message"], Message.execution_id.in_(ids))
+        .where(Message.id > literal(marks["message"], BigInteger(), literal_execute=True), (Message.execution_id + 0).in_(ids))
         .group_by(Message.execution_id)
     ):
         counts[execution_id][0] += n
     machine = "" if include_machine else " AND NOT c.is_machine"
     for execution_id, n in session.execute(
-        text(
-            "SELECT t.execution_id, COUNT(*) FROM hotclicks_click c "
-            "JOIN hotclicks_tracked_url t ON t.id = c.tracked_url_id "
+        _tail_text(
+            "SELECT +c.tracked_url_id, COUNT(*) FROM hotclicks_click c "
             f"WHERE c.id > :w{machine} AND {_in_urls(session, ids)} "
-            "GROUP BY t.execution_id"
+            "GROUP BY +c.tracked_url_id"
         ),
         {"w": marks["click"]},
     ):
-        counts[execution_id][1] += n
+        counts[_url_executions(session, ids)[execution_id]][1] += n
     return {i: (m, c) for i, (m, c) in counts.items()}
 
 
@@ -970,10 +998,9 @@ def click_stream(session: Session, execution: Execution, *, include_machine: boo
         hours[int(hour)] = hours.get(int(hour), 0) + int(h) + (int(x) if include_machine else 0)
     hour_sql = _hour_expression(session.get_bind().dialect.name).replace("clicked_at", "c.clicked_at")
     for hour, h, x in session.execute(
-        text(
+        _tail_text(
             f"SELECT {hour_sql}, SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END), "
             "SUM(CASE WHEN c.is_machine THEN 1 ELSE 0 END) FROM hotclicks_click c "
-            "JOIN hotclicks_tracked_url t ON t.id = c.tracked_url_id "
             f"WHERE c.id > :w AND {_in_urls(session, [execution.id])} GROUP BY {hour_sql}"
         ),
         {"w": _watermarks(session)["click"], "e": execution.id},
