@@ -12,11 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import Connection, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -103,6 +105,42 @@ class _ScannedPart:
     links: list[rewrite.Link]
 
 
+@dataclass(eq=False)
+class _Job:
+    """One transaction's bookkeeping, waiting for its group commit."""
+
+    marks: Marks
+    recipients: list[str]
+    specs: list[LinkSpec]
+    signature: str
+    sample_html: str | None
+    sample_text: str | None
+    message_id_header: str | None
+    incidents: list[Incident]
+    now: dt.datetime
+    finished: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.result, self.error, self.finished = result, error, True
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@dataclass
+class _Learned:
+    """What a batch's transaction found out, remembered once it is committed."""
+
+    jobs: list[_Job]
+    results: dict[int, Any] = field(default_factory=dict)
+    deliveries: dict[str, int] = field(default_factory=dict)
+    known: dict[tuple[int, str], tuple[dict[tuple[str, str], TrackedUrl], int]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class _Row:
     address: str
@@ -140,6 +178,9 @@ class MessageProcessor:
         self._known: dict[tuple[int, str], tuple[dict[tuple[str, str], TrackedUrl], int]] = {}
         #: Delivery code -> id. Deliveries are never deleted.
         self._deliveries: dict[str, int] = {}
+        self._group = threading.Condition()
+        self._waiting: list[_Job] = []
+        self._leading = False
         self._link_options = {
             "personal_params": config.personal_params,
             "excluded_domains": config.excluded_domains,
@@ -258,81 +299,156 @@ class MessageProcessor:
         ]
         sample_html = next((s.part.text for s in scanned if s.name == "html"), None)
         sample_text = next((s.part.text for s in scanned if s.name == "text"), None)
-        marketing = marks.type is not DeliveryType.TRANSACTIONAL
-        now = self.clock()
-        signature = variant_signature(specs)
-        with self.sessions.begin() as session:
-            connection = session.connection()
-            delivery = self._deliveries.get(marks.delivery)
-            if delivery is None:
-                delivery = records.delivery_id(connection, marks)
-            execution_id = records.resolve_execution_id(
-                connection,
-                marks,
-                now,
-                delivery=delivery,
-                period=self.config.transactional_period,
-                quiet_gap=self.config.quiet_gap,
-            )
-            execution: Execution | None = None
-            known = self._known.get((execution_id, signature))
-            if known is None:
-                execution = session.get(Execution, execution_id)
-                assert execution is not None
-                tracked = ensure_tracked_urls(session, execution, specs)
-                known_variant = None
+        job = _Job(
+            marks=marks,
+            recipients=recipients,
+            specs=specs,
+            signature=variant_signature(specs),
+            sample_html=sample_html,
+            sample_text=sample_text,
+            message_id_header=message_id_header,
+            incidents=incidents,
+            now=self.clock(),
+        )
+        return self._commit_grouped(job)
+
+    # -- group commit -------------------------------------------------------------------------
+    # Transactions arriving while another batch is being committed wait, then the first of them
+    # writes all that waited in one database transaction and one commit. Nobody returns (and so
+    # nobody is answered 250) before the commit that holds its rows has returned. If a batch
+    # fails, each of its transactions is tried again alone, so one bad message cannot make the
+    # others fail.
+
+    def _commit_grouped(self, job: _Job) -> tuple[int, list[_Row], dict[tuple[str, str], TrackedUrl]]:
+        with self._group:
+            self._waiting.append(job)
+            while self._leading and not job.finished:
+                self._group.wait()
+            if not job.finished:
+                self._leading = True
+                batch, self._waiting = self._waiting, []
             else:
-                tracked, known_variant = known
-            facts = records.recipient_facts(connection, recipients, marks.recipient_id)
-            rows = []
-            for address in recipients:
-                recipient = facts[address.lower()]
-                keep = recipient.profile_id is not None or self.config.keep_recipient_samples
-                if known_variant is not None and recipient.profile_id is None:
-                    variant_id = known_variant
+                batch = []
+        if batch:
+            try:
+                self._commit_batch(batch)
+            finally:
+                with self._group:
+                    for other in batch:
+                        if not other.finished:  # only if something else than Exception flew
+                            other.finish(error=RuntimeError("the batch holding this transaction was interrupted"))
+                    self._leading = False
+                    self._group.notify_all()
+        return job.outcome()
+
+    def _commit_batch(self, batch: list[_Job]) -> None:
+        try:
+            learned = self._write([*batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].finish(error=exc)
+                return
+            for job in batch:
+                try:
+                    learned = self._write([job])
+                except Exception as exc_alone:
+                    job.finish(error=exc_alone)
                 else:
-                    if execution is None:
-                        execution = session.get(Execution, execution_id)
-                        assert execution is not None
-                    profile = session.get(TestProfile, recipient.profile_id) if recipient.profile_id is not None else None
-                    variant_id = ensure_variant(
-                        session,
-                        execution,
-                        signature,
-                        html=sample_html if keep else None,
-                        text=sample_text if keep else None,
-                        test_profile=profile,
-                    ).id
-                    if keep:  # a sample is in place: later recipients need not look
-                        known_variant = variant_id
-                suppressed = marketing and recipient.unsubscribed
-                rows.append(
-                    {
-                        "execution_id": execution_id,
-                        "recipient_id": recipient.id,
-                        "variant_id": variant_id,
-                        "status": MessageStatus.SUPPRESSED if suppressed else MessageStatus.QUEUED,
-                        "status_reply": REPLY_SUPPRESSED if suppressed else None,
-                        "message_id_header": message_id_header,
-                        "created_at": now,
-                    }
-                )
-            session.flush()  # a variant's sample, before the messages that point at it
-            message_ids = records.insert_messages(connection, rows)
-            _add_incidents(session, incidents)
-        # Remembered once committed only: a rolled-back transaction's rows do not exist.
+                    self._learn(learned)
+            return
+        self._learn(learned)
+
+    def _learn(self, learned: _Learned) -> None:
+        """Remember, once committed, what never changes: delivery ids, tracked URLs, variants."""
         if len(self._deliveries) > 10_000:
             self._deliveries.clear()
-        self._deliveries[marks.delivery] = delivery
+        self._deliveries.update(learned.deliveries)
+        if len(self._known) > 10_000:
+            self._known.clear()
+        self._known.update(learned.known)
+        for job in learned.jobs:
+            job.finish(result=learned.results[id(job)])
+
+    def _write(self, jobs: list[_Job]) -> _Learned:
+        """Record ``jobs`` in one transaction; what they became, applied once it is committed."""
+        learned = _Learned(jobs)
+        with self.sessions.begin() as session:
+            connection = session.connection()
+            for job in jobs:
+                learned.results[id(job)] = self._write_one(session, connection, job, learned)
+        return learned
+
+    def _write_one(
+        self, session: Session, connection: Connection, job: _Job, learned: _Learned
+    ) -> tuple[int, list[_Row], dict[tuple[str, str], TrackedUrl]]:
+        marks = job.marks
+        marketing = marks.type is not DeliveryType.TRANSACTIONAL
+        delivery = self._deliveries.get(marks.delivery) or learned.deliveries.get(marks.delivery)
+        if delivery is None:
+            delivery = records.delivery_id(connection, marks)
+        learned.deliveries[marks.delivery] = delivery
+        execution_id = records.resolve_execution_id(
+            connection,
+            marks,
+            job.now,
+            delivery=delivery,
+            period=self.config.transactional_period,
+            quiet_gap=self.config.quiet_gap,
+        )
+        execution: Execution | None = None
+        known = self._known.get((execution_id, job.signature)) or learned.known.get((execution_id, job.signature))
+        if known is None:
+            execution = session.get(Execution, execution_id)
+            assert execution is not None
+            tracked = ensure_tracked_urls(session, execution, job.specs)
+            known_variant = None
+        else:
+            tracked, known_variant = known
+        facts = records.recipient_facts(connection, job.recipients, marks.recipient_id)
+        rows = []
+        for address in job.recipients:
+            recipient = facts[address.lower()]
+            keep = recipient.profile_id is not None or self.config.keep_recipient_samples
+            if known_variant is not None and recipient.profile_id is None:
+                variant_id = known_variant
+            else:
+                if execution is None:
+                    execution = session.get(Execution, execution_id)
+                    assert execution is not None
+                profile = session.get(TestProfile, recipient.profile_id) if recipient.profile_id is not None else None
+                variant_id = ensure_variant(
+                    session,
+                    execution,
+                    job.signature,
+                    html=job.sample_html if keep else None,
+                    text=job.sample_text if keep else None,
+                    test_profile=profile,
+                ).id
+                if keep:  # a sample is in place: later recipients need not look
+                    known_variant = variant_id
+            suppressed = marketing and recipient.unsubscribed
+            rows.append(
+                {
+                    "execution_id": execution_id,
+                    "recipient_id": recipient.id,
+                    "variant_id": variant_id,
+                    "status": MessageStatus.SUPPRESSED if suppressed else MessageStatus.QUEUED,
+                    "status_reply": REPLY_SUPPRESSED if suppressed else None,
+                    "message_id_header": job.message_id_header,
+                    "created_at": job.now,
+                }
+            )
+        session.flush()  # a variant's sample, before the messages that point at it
+        message_ids = records.insert_messages(connection, rows)
+        _add_incidents(session, job.incidents)
+        session.flush()
         if known_variant is not None:
-            if len(self._known) > 10_000:
-                self._known.clear()
-            self._known[(execution_id, signature)] = (tracked, known_variant)
+            learned.known[(execution_id, job.signature)] = (tracked, known_variant)
         return (
             execution_id,
             [
                 _Row(address, message_id, row["status"] is MessageStatus.SUPPRESSED)
-                for address, message_id, row in zip(recipients, message_ids, rows)
+                for address, message_id, row in zip(job.recipients, message_ids, rows)
             ],
             tracked,
         )

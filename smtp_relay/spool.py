@@ -24,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -96,6 +97,12 @@ class Spool:
         self.queue = self.directory / "queue"
         self.tmp = self.directory / "tmp"
         self._lock: IO[bytes] | None = None
+        # Group commit of the queue directory's fsync: a rename is durable once a directory fsync
+        # that began after it has returned; concurrent transactions share one.
+        self._renames = 0  #: renames done, numbered
+        self._synced = 0  #: the highest numbered rename a finished directory fsync covers
+        self._count_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
 
     def open(self) -> None:
         """Create the directories and lock the spool; fails at start with what to fix."""
@@ -139,12 +146,25 @@ class Spool:
                     os.fsync(file.fileno())
             for tmp, final in written:
                 os.rename(tmp, final)
-            _fsync_dir(self.queue)
+            self._sync_queue()
         except OSError:
             for tmp, final in written:
                 tmp.unlink(missing_ok=True)
                 final.unlink(missing_ok=True)
             raise
+
+    def _sync_queue(self) -> None:
+        """Make the renames this thread has done durable, sharing an fsync with other threads."""
+        with self._count_lock:
+            self._renames += 1
+            mine = self._renames
+        with self._sync_lock:
+            if self._synced >= mine:
+                return  # a directory fsync that began after our renames has finished
+            with self._count_lock:
+                covered = self._renames
+            _fsync_dir(self.queue)
+            self._synced = covered
 
     def save_state(self, entry: SpoolEntry) -> None:
         """Write a copy's retry state (attempts, next attempt, last reply, recipients left)."""
