@@ -297,15 +297,36 @@ def run_python(port: int, paths: list[str], duration: int, connections: int) -> 
 # -- the comparison -----------------------------------------------------------------------------
 
 
+def _workers_cpu(master: int) -> float:
+    """CPU seconds used so far by the worker processes of gunicorn ``master`` (Linux /proc)."""
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        total = 0
+        for pid in children:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def measure(app: str, env: dict[str, str], paths: list[str], paths_file: Path, args: argparse.Namespace,
             workdir: Path, loadgen: str) -> dict[str, float]:
     server = Gunicorn(app, env)
     try:
         if loadgen == "wrk":
             run_wrk(server.port, paths_file, 2, args.connections, workdir)  # warm up
-            return run_wrk(server.port, paths_file, args.duration, args.connections, workdir)
-        run_python(server.port, paths, 2, args.connections)
-        return run_python(server.port, paths, args.duration, args.connections)
+            before = _workers_cpu(server.process.pid)
+            result = run_wrk(server.port, paths_file, args.duration, args.connections, workdir)
+        else:
+            run_python(server.port, paths, 2, args.connections)
+            before = _workers_cpu(server.process.pid)
+            result = run_python(server.port, paths, args.duration, args.connections)
+        # The workers' own CPU per request: a second view of the cost, much less sensitive to
+        # other load on the machine than throughput (it leaves out the load generator, and the
+        # database server's work and the commits that happen after the run).
+        result["cpu_us"] = (_workers_cpu(server.process.pid) - before) / max(result["requests"], 1) * 1e6
+        return result
     finally:
         server.stop()
 
@@ -336,7 +357,10 @@ def compare(name: str, database_url: str, args: argparse.Namespace, workdir: Pat
         f"RESULT {name} bare_rps={bare['rps']:.0f} click_rps={click['rps']:.0f} "
         f"ratio={ratios[pick]:.2f} bare_p50_ms={bare['p50']:.2f} bare_p99_ms={bare['p99']:.2f} "
         f"click_p50_ms={click['p50']:.2f} click_p99_ms={click['p99']:.2f} "
-        f"ratios={','.join(f'{r:.2f}' for r in ratios)} clicks_recorded={answered} "
+        f"ratios={','.join(f'{r:.2f}' for r in ratios)} "
+        f"bare_cpu_us_per_req={statistics.median(b['cpu_us'] for b in bare_runs):.0f} "
+        f"click_cpu_us_per_req={statistics.median(c['cpu_us'] for c in click_runs):.0f} "
+        f"clicks_recorded={answered} "
         f"loadgen={loadgen} server=gunicorn-2-sync durable=journal",
         flush=True,
     )
