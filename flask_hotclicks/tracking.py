@@ -147,7 +147,7 @@ def click(token: str) -> Any:
 def open_pixel(token: str) -> Any:
     state = _state()
     signed = _unsign(state, token, TokenKind.OPEN)
-    if signed is not None:
+    if signed is not None and request.method == "GET":  # a HEAD loads no image: no open
         agent = request.headers.get("User-Agent")
         user_agent, ip = _client(state)
         event = OpenEvent(

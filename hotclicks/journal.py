@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import bots
@@ -91,6 +92,50 @@ def _commit(
         record_opens(session, [e for e in events if isinstance(e, OpenEvent)])
 
 
+#: Where events the database refuses (not a failure to reach it: a constraint) are set aside,
+#: one JSON line each, so one bad event cannot hold back every later one.
+REJECTED_FILE = "rejected.jsonl"
+
+
+def _commit_or_isolate(
+    sessions: sessionmaker[Session], events: list[Event], rules: bots.BotRules, directory: Path
+) -> None:
+    """Commit ``events``; when the database refuses the batch for its content, commit them one by
+    one and set aside (logged, and kept in :data:`REJECTED_FILE`) those it refuses."""
+    try:
+        _commit(sessions, events, rules)
+        return
+    except (IntegrityError, DataError):
+        if len(events) == 1:
+            _reject(directory, events[0])
+            return
+    for event in events:
+        try:
+            _commit(sessions, [event], rules)
+        except (IntegrityError, DataError) as exc:
+            log.error("journal: the database refuses an event, set aside: %s", exc.orig)
+            _reject(directory, event)
+
+
+def _reject(directory: Path, event: Event) -> None:
+    with open(directory / REJECTED_FILE, "ab") as f:
+        f.write(_encode(event))
+
+
+def _commit_replayed(
+    sessions: sessionmaker[Session], events: list[Event], rules: bots.BotRules, directory: Path
+) -> None:
+    try:
+        _commit(sessions, events, rules, dedupe=True)
+    except (IntegrityError, DataError):
+        for event in events:
+            try:
+                _commit(sessions, [event], rules, dedupe=True)
+            except (IntegrityError, DataError) as exc:
+                log.error("journal replay: the database refuses an event, set aside: %s", exc.orig)
+                _reject(directory, event)
+
+
 def _read_lines(path: Path, offset: int) -> Iterator[bytes]:
     with open(path, "rb") as f:
         f.seek(offset)
@@ -138,11 +183,11 @@ def replay_orphans(
                     log.error("journal %s: skipping an unreadable line (%s)", path.name, exc)
                     continue
                 if len(batch) >= batch_size:
-                    _commit(sessions, batch, rules, dedupe=True)
+                    _commit_replayed(sessions, batch, rules, Path(directory))
                     recorded += len(batch)
                     batch = []
             if batch:
-                _commit(sessions, batch, rules, dedupe=True)
+                _commit_replayed(sessions, batch, rules, Path(directory))
                 recorded += len(batch)
             Path(str(path) + DONE_SUFFIX).unlink(missing_ok=True)
             path.unlink(missing_ok=True)
@@ -245,7 +290,7 @@ class EventJournal:
             size, path, fd = self._size, self._path, self._fd
         if batch:
             try:
-                _commit(self.sessions, batch, self.rules)
+                _commit_or_isolate(self.sessions, batch, self.rules, self.directory)
             except Exception:
                 with self._lock:
                     self._pending[:0] = batch

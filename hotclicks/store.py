@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Select, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from . import bots
@@ -407,11 +407,17 @@ def _bulk_insert(session: Session | Connection, table: Any, rows: list[dict[str,
         columns = list(rows[0])
         raw = connection.connection.driver_connection
         assert raw is not None
-        with raw.cursor() as cursor:
-            quoted = ", ".join(f'"{c}"' for c in columns)
-            with cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        statement = f'COPY "{table.name}" ({quoted}) FROM STDIN'
+        dbapi = connection.dialect.dbapi
+        try:
+            with raw.cursor() as cursor, cursor.copy(statement) as copy:
                 for row in rows:
                     copy.write_row([row[c] for c in columns])
+        except (dbapi.IntegrityError, dbapi.DataError) as exc:  # type: ignore[union-attr]
+            # As SQLAlchemy would have raised it, for callers that handle refused rows.
+            wrapper = IntegrityError if isinstance(exc, dbapi.IntegrityError) else DataError  # type: ignore[union-attr]
+            raise wrapper(statement, None, exc) from exc
         return
     session.execute(table.insert(), rows)
 

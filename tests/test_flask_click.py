@@ -118,8 +118,11 @@ def test_the_open_pixel_is_a_gif_that_is_never_cached_and_records_an_open(client
     with sessions() as session:
         (opened,) = session.scalars(select(Open)).all()
     assert opened.message_id == sent.message_id and opened.is_machine is False
-    # A bad token still gets the image, and nothing is recorded.
+    # A bad token still gets the image, and nothing is recorded; nor for a HEAD.
     assert client.get("/t/o/garbage").mimetype == "image/gif"
+    assert client.head(sent.open(), headers=BROWSER).status_code == 200
+    with sessions() as session:
+        assert len(session.scalars(select(Open)).all()) == 1
 
 
 @pytest.mark.parametrize(

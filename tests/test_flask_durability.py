@@ -193,3 +193,18 @@ def test_sqlite_is_in_wal_mode_with_a_busy_timeout(sqlite_only, app):
     with get_state(app).engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+
+
+def test_an_event_the_database_refuses_is_set_aside_without_holding_back_the_others(engine, sessions, tmp_path):
+    sent = send(sessions)
+    journal = EventJournal(tmp_path, sessions, interval=3600)
+    at = utcnow()
+    journal.append(ClickEvent(sent.message_id, sent.tracked_url_ids[0], at, "agent", None))
+    journal.append(ClickEvent(sent.message_id, 987_654, at, "agent", None))  # no such tracked URL
+    journal.append(ClickEvent(sent.message_id, sent.tracked_url_ids[1], at, "agent", None))
+    assert journal.flush()
+    journal.close()
+    with sessions() as session:
+        assert sorted(session.scalars(select(Click.tracked_url_id))) == sorted(sent.tracked_url_ids[:2])
+    (rejected,) = (tmp_path / "rejected.jsonl").read_text().splitlines()
+    assert '"u":987654' in rejected
