@@ -121,3 +121,11 @@ def test_a_preview_renderer_renders_for_a_profile_or_for_none(app, sessions):
     assert extension.render_preview("spring-news", profile) == Preview("<p>Hello Ann</p>", "Hello Ann")
     assert extension.render_preview("spring-news").html == "<p>Hello there</p>"
     assert extension.render_preview("other") is None
+
+
+def test_every_setting_is_documented():
+    from pathlib import Path
+
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "flask-extension.md").read_text()
+    missing = [key for key in DEFAULT_CONFIG if f"`{key}`" not in reference]
+    assert missing == []
