@@ -141,7 +141,10 @@ _ENDIF = rf"!\[{_ci('endif')}\]"
 _COMMENT_IN_CONDITIONAL = (
     rf"--(?!{_COND_OPEN[2:]})(?:-?>|(?:[^-<]++|-(?!-!?>)|<(?!{_ENDIF}))*+(?:--!?>|\Z|(?=<{_ENDIF})))"
 )
-_CDATA = r"\[CDATA\[(?:[^\]]++|\](?!\]>))*+(?:\]\]>|\Z)"
+
+# Any other "<!" (a doctype, a CDATA section, "<![endif]" outside a conditional comment) is, as
+# for a browser reading HTML, a bogus comment that ends at the first ">". ("<?" too.)
+_BOGUS = r"[^>]*+>?"
 
 
 # Link elements are read in parts: attributes other than href and the markers, the href, and
@@ -226,16 +229,16 @@ def _skip(conditional: bool) -> str:
         branches.append(
             rf"[A-Za-z][^{_WS}/>:]*+:[^{_WS}/>]*+(?:{_NO_LINK_ATTRS}|{_UNTRACKED_LINK_ATTRS})"
         )
-        bang = rf"{_DOWNLEVEL_REVEALED}|{_COMMENT_IN_CONDITIONAL}|{_CDATA}|(?!--|{_ENDIF[1:]})[^>]*+>?"
+        bang = rf"{_DOWNLEVEL_REVEALED}|{_COMMENT_IN_CONDITIONAL}|(?!--|{_ENDIF[1:]}){_BOGUS}"
     else:
         branches.append(rf"[Bb](?!{_ci('ase')}{_END}){tag}")
         # A conditional comment with nothing of interest inside is skipped whole.
         boring = rf"{_COND_OPEN}{_skip(conditional=True)}<{_ENDIF}[^>]*+>?"
-        bang = rf"{_DOWNLEVEL_REVEALED}|{boring}|{_COMMENT}|{_CDATA}|(?!--)[^>]*+>?"
+        bang = rf"{_DOWNLEVEL_REVEALED}|{boring}|{_COMMENT}|(?!--){_BOGUS}"
     branches += [
         rf"!(?:{bang})",
-        r"/(?![A-Za-z])[^>]*+>?",  # "</" and no name: a bogus comment ("</>" is nothing)
-        r"\?[^>]*+>?",  # processing instruction: a bogus comment
+        rf"/(?![A-Za-z]){_BOGUS}",  # "</" and no name: a bogus comment ("</>" is nothing)
+        rf"\?{_BOGUS}",  # processing instruction: a bogus comment
         r"(?![A-Za-z!/?])",  # a "<" that is text
     ]
     return rf"[^<]*+(?:<(?:{'|'.join(branches)})[^<]*+)*+"

@@ -8,6 +8,7 @@ character outside the href values must survive a rewrite.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 import pytest
@@ -112,6 +113,12 @@ def test_doctype_cdata_and_processing_instructions_are_skipped() -> None:
         '<a href="https://x.example/">y</a>'
     )
     assert urls(html) == ["https://x.example/"]
+
+
+def test_cdata_and_processing_instructions_end_at_the_first_gt_as_in_html() -> None:
+    # In HTML (not SVG) "<![CDATA[" and "<?" open a bogus comment that the first ">" closes.
+    html = '<![CDATA[ a > <a href="https://x.example/1">1</a> ]]><? b > <a href="https://x.example/2">'
+    assert urls(html) == ["https://x.example/1", "https://x.example/2"]
 
 
 def test_href_spelling_quoting_and_spacing() -> None:
@@ -751,7 +758,7 @@ MISC = st.sampled_from(
     [
         "<!DOCTYPE html>",
         '<?xml version="1.0"?>',
-        "<![CDATA[ <a href='https://hidden.example/'> ]]>",
+        "<![CDATA[ <a href='https://hidden.example/'> ]]>",  # hidden: the first ">" ends it
         "</body>",
         "</BODY >",
         "<br/>",
@@ -887,3 +894,60 @@ def test_property_text_rewriting_is_exactly_reversible(text: str, options: dict[
     for new, old in reversed(list(zip(rescanned, links))):
         undone = undone[: new.start] + old.raw + undone[new.end :]
     assert undone == text
+
+
+# The tokenizer against html5lib's (a spec implementation), where html5lib is installed: on
+# documents without conditional comments (a comment for html5lib, markup for Outlook), the
+# links found are exactly the a/area hrefs html5lib's tokenizer reads.
+SOUP = tokens(
+    list("<>!-/?[]'\"= abhrefABHREF:&;#x\n")
+    + ["<a ", "<A\tHREF=", "href=", "<!--", "-->", "--!>", "http://x.example/", "https://y.example/a"]
+    + ["<script>", "</script>", "<style>", "</style >", "<title>", "</title>", "<textarea>"]
+    + ["</textarea>", "<![CDATA[", "]]>", "<?", "<area ", "</a>", "<!DOCTYPE html>", "&amp;"]
+    + ["&quot;", "<base href=https://b.example/>", "data-hc-notrack", "<p ", "<img alt=", "="],
+    max_size=50,
+)
+
+
+def html5lib_hrefs(html: str) -> list[str]:
+    """The trackable hrefs html5lib's tokenizer reads, in order, with the module's URL rules."""
+    from html5lib._tokenizer import HTMLTokenizer  # type: ignore[import-untyped]
+    from html5lib.constants import tokenTypes  # type: ignore[import-untyped]
+
+    tokenizer = HTMLTokenizer(html)
+    hrefs, base = [], None
+    for token in tokenizer:
+        if token["type"] != tokenTypes["StartTag"]:
+            continue
+        name, attrs = token["name"], token["data"]  # attributes: a dict, the first one wins
+        if name in ("a", "area") and "href" in attrs and "data-hc-notrack" not in attrs:
+            hrefs.append(attrs["href"])
+        elif name == "base" and "href" in attrs and base is None:
+            base = attrs["href"]
+        # What html5lib's tree builder does to its tokenizer after these start tags.
+        if name in ("style", "xmp", "iframe", "noembed", "noframes"):
+            tokenizer.state = tokenizer.rawtextState
+        elif name in ("title", "textarea"):
+            tokenizer.state = tokenizer.rcdataState
+        elif name == "script":
+            tokenizer.state = tokenizer.scriptDataState
+        elif name == "plaintext":
+            tokenizer.state = tokenizer.plaintextState
+    # The module's URL rules (schemes, placeholders, base) applied to those values alone.
+    def escape(value: str) -> str:
+        return value.replace("&", "&amp;").replace('"', "&quot;")
+
+    prefix = "" if base is None else f'<base href="{escape(base)}">'
+    rebuilt = prefix + "".join(f'<a href="{escape(href)}">' for href in hrefs)
+    return [link.url for link in find_html_links(rebuilt)]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("html5lib") is None,
+    reason="html5lib is not installed: the comparison with a spec tokenizer needs it",
+)
+@settings(max_examples=300, deadline=None)
+@given(SOUP)
+def test_property_links_are_those_a_spec_tokenizer_reads(html: str) -> None:
+    expected = html5lib_hrefs(html)
+    assert [link.url for link in find_html_links(html)] == expected
