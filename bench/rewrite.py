@@ -207,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:4s} {label}: median {statistics.median(t) * 1e3:.1f} ms "
             f"(min {min(t) * 1e3:.1f}, max {max(t) * 1e3:.1f}) over {len(t)} runs = {mbps[name]:.2f} MB/s"
         )
+    fastest = {name: size / min(t) / 1e6 for name, t in times.items()}
+    print(
+        f"fastest passes (least disturbed by other load): ours {fastest['ours']:.2f} MB/s, "
+        f"ref {fastest['ref']:.2f} MB/s, ratio {fastest['ours'] / fastest['ref']:.2f}"
+    )
     print(f"VML links tracked: ours {vml_ours} of {vml_total}, ref {vml_ref} of {vml_total}")
     print(
         "bytes changed outside hrefs (token diff, href values emptied, pixel removed): "
