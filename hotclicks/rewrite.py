@@ -74,8 +74,8 @@ class Link:
     quote: str
     #: The value as written, e.g. ``'https://x.org/?a=1&amp;b=2'``.
     raw: str
-    #: The real target: entities decoded, whitespace and embedded newlines/tabs removed, resolved
-    #: against ``<base href>`` when relative.
+    #: The real target: entities decoded, surrounding whitespace and embedded newlines and tabs
+    #: removed (as a browser's URL parser does), resolved against ``<base href>`` when relative.
     url: str
     #: Lower-cased tag name (``'a'``, ``'area'``, ``'v:roundrect'``...), ``'text'`` in text parts.
     tag: str

@@ -477,6 +477,7 @@ def test_marker_attributes_are_removed_from_link_elements() -> None:
         '<a data-hc-link="x"href="https://z.example/">4</a>'
         '<!--[if mso]><v:rect href="https://x.example/" data-hc-notrack=""></v:rect><![endif]-->'
         '<div data-hc-link="not a link element">5</div>'
+        '<a data-hc-link="no href">6</a><AREA DATA-HC-NOTRACK alt=x>'
     )
     assert rewrite_html(html, {}) == (
         '<a href="mailto:x@y.example">1</a>'
@@ -485,6 +486,7 @@ def test_marker_attributes_are_removed_from_link_elements() -> None:
         '<a href="https://z.example/">4</a>'
         '<!--[if mso]><v:rect href="https://x.example/"></v:rect><![endif]-->'
         '<div data-hc-link="not a link element">5</div>'
+        "<a>6</a><AREA alt=x>"
     )
 
 
