@@ -822,7 +822,7 @@ def test_property_rewriting_is_exactly_reversible(
     check_undo(html, without_markers, chosen, pixel_url, **options)
 
 
-@settings(PROPERTY, max_examples=80)
+@settings(PROPERTY, max_examples=60)
 @given(DOCUMENTS)
 def test_property_keys_are_shared_only_by_a_conditional_link_and_its_twin(document: Pair) -> None:
     html = document[0]
@@ -840,7 +840,7 @@ def test_property_keys_are_shared_only_by_a_conditional_link_and_its_twin(docume
                 assert canonical_url(first.url, ()) == canonical_url(second.url, ())
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     tokens(
         list("<>!-/?[]'\"= abhrefABHREF:")
@@ -948,7 +948,7 @@ def html5lib_hrefs(html: str) -> list[str]:
     importlib.util.find_spec("html5lib") is None,
     reason="html5lib is not installed: the comparison with a spec tokenizer needs it",
 )
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(SOUP)
 def test_property_links_are_those_a_spec_tokenizer_reads(html: str) -> None:
     expected = html5lib_hrefs(html)
