@@ -7,12 +7,14 @@ SQLite, and on PostgreSQL when ``--pg-url`` (default: the local test server) ans
 
 Every click is durable when its redirect is answered: the click route runs with the write-ahead
 journal (``HOTCLICKS_JOURNAL_DIR``), so each click is in the journal file before the 302, and
-committed in batches by a thread of the worker. After each run the workers are stopped
+committed in batches by a thread of the worker (with ``--fsync``, also on disk before the 302,
+which survives a power loss too; without, the click survives the worker's crash, as a commit does
+in SQLite's WAL mode with ``synchronous=NORMAL``). After each run the workers are stopped
 (gracefully: they commit what they hold) and the bench checks that the database has at least as
 many clicks as the load generator got redirects.
 
     python -m pip install -r bench/requirements.txt
-    python bench/click_redirect.py [--duration 10] [--connections 32] [--rounds 3] [--no-pg]
+    python bench/click_redirect.py [--duration 10] [--connections 32] [--rounds 3] [--no-pg] [--fsync]
 
 Prints, per database, one line like
 ``RESULT click-redirect bare_rps=... click_rps=... ratio=... bare_p50_ms=... ...``
@@ -80,6 +82,8 @@ def click_app() -> Any:
         HOTCLICKS_BASE_URL=BASE_URL,
         HOTCLICKS_JOURNAL_DIR=os.environ.get("BENCH_JOURNAL_DIR") or None,
     )
+    if os.environ.get("BENCH_JOURNAL_FSYNC"):
+        app.config["HOTCLICKS_JOURNAL_FSYNC"] = True
     if os.environ.get("BENCH_JOURNAL_INTERVAL"):
         app.config["HOTCLICKS_JOURNAL_INTERVAL"] = float(os.environ["BENCH_JOURNAL_INTERVAL"])
     HotClicks(app)
@@ -336,6 +340,8 @@ def compare(name: str, database_url: str, args: argparse.Namespace, workdir: Pat
     paths_file = workdir / "paths.txt"
     paths_file.write_text("\n".join(paths) + "\n")
     env = {"BENCH_DATABASE_URL": database_url, "BENCH_JOURNAL_DIR": str(workdir / f"journal-{name}")}
+    if args.fsync:
+        env["BENCH_JOURNAL_FSYNC"] = "1"
     bare_runs, click_runs = [], []
     answered = 0
     for _ in range(args.rounds):
@@ -361,7 +367,7 @@ def compare(name: str, database_url: str, args: argparse.Namespace, workdir: Pat
         f"bare_cpu_us_per_req={statistics.median(b['cpu_us'] for b in bare_runs):.0f} "
         f"click_cpu_us_per_req={statistics.median(c['cpu_us'] for c in click_runs):.0f} "
         f"clicks_recorded={answered} "
-        f"loadgen={loadgen} server=gunicorn-2-sync durable=journal",
+        f"loadgen={loadgen} server=gunicorn-2-sync durable={'journal+fdatasync' if args.fsync else 'journal'}",
         flush=True,
     )
 
@@ -392,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-url", default=os.environ.get("HOTCLICKS_BENCH_PG_URL",
                                                            "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    parser.add_argument("--fsync", action="store_true",
+                        help="fdatasync each click before its redirect (HOTCLICKS_JOURNAL_FSYNC)")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     args = parser.parse_args(argv)
     loadgen = args.loadgen
