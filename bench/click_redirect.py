@@ -153,11 +153,12 @@ def count_clicks(database_url: str) -> int:
 class Gunicorn:
     """gunicorn with the bench's one configuration: 2 sync workers on a free port of 127.0.0.1."""
 
-    def __init__(self, app: str, env: dict[str, str], workers: int = 2) -> None:
+    def __init__(self, app: str, env: dict[str, str], workers: int = 2, threads: int = 0) -> None:
         self.port = free_port()
         here = Path(__file__).resolve().parent
+        worker_class = ["--worker-class", "gthread", "--threads", str(threads)] if threads else ["--worker-class", "sync"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--worker-class", "sync",
+            [sys.executable, "-m", "gunicorn", "--workers", str(workers), *worker_class,
              "--bind", f"127.0.0.1:{self.port}", "--backlog", "2048", "--log-level", "warning",
              "--graceful-timeout", "30", "--chdir", str(here), f"click_redirect:{app}()"],
             env={**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)])},
@@ -316,7 +317,7 @@ def _workers_cpu(master: int) -> float:
 
 def measure(app: str, env: dict[str, str], paths: list[str], paths_file: Path, args: argparse.Namespace,
             workdir: Path, loadgen: str) -> dict[str, float]:
-    server = Gunicorn(app, env)
+    server = Gunicorn(app, env, threads=args.threads)
     try:
         if loadgen == "wrk":
             run_wrk(server.port, paths_file, 2, args.connections, workdir)  # warm up
@@ -367,7 +368,7 @@ def compare(name: str, database_url: str, args: argparse.Namespace, workdir: Pat
         f"bare_cpu_us_per_req={statistics.median(b['cpu_us'] for b in bare_runs):.0f} "
         f"click_cpu_us_per_req={statistics.median(c['cpu_us'] for c in click_runs):.0f} "
         f"clicks_recorded={answered} "
-        f"loadgen={loadgen} server=gunicorn-2-sync durable={'journal+fdatasync' if args.fsync else 'journal'}",
+        f"loadgen={loadgen} server=gunicorn-2-{f'gthread{args.threads}' if args.threads else 'sync'} durable={'journal+fdatasync' if args.fsync else 'journal'}",
         flush=True,
     )
 
@@ -400,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
     parser.add_argument("--fsync", action="store_true",
                         help="fdatasync each click before its redirect (HOTCLICKS_JOURNAL_FSYNC)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="gthread workers with this many threads each, for both routes (default: sync workers)")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     args = parser.parse_args(argv)
     loadgen = args.loadgen
@@ -407,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         loadgen = "wrk" if shutil.which("wrk") else "python"
     if loadgen == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not installed (apt-get install wrk), use --loadgen python")
-    print(f"# load generator: {loadgen}; gunicorn 2 sync workers; {args.connections} connections, "
+    workers = f"gthread workers x {args.threads} threads" if args.threads else "sync workers"
+    print(f"# load generator: {loadgen}; gunicorn 2 {workers}; {args.connections} connections, "
           f"{args.duration}s x {args.rounds} rounds; {os.cpu_count()} CPUs", flush=True)
     with tempfile.TemporaryDirectory(prefix="hotclicks-bench-") as tmp:
         workdir = Path(tmp)

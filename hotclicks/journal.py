@@ -236,13 +236,35 @@ class EventJournal:
             if self._pid != os.getpid():
                 self._start()
             os.write(self._fd, line)
-            if self.fsync:
-                os.fdatasync(self._fd)
             self._pending.append(event)
             self._sent += 1
             self._size += len(line)
+            self._written += len(line)
+            mine = self._written
             if len(self._pending) >= self.batch_size:
                 self._wake.set()
+        if self.fsync:
+            self._sync(mine)
+
+    def _sync(self, upto: int) -> None:
+        """Group commit of the file: one ``fdatasync`` covers every event written before it, so
+        threads that append at once share it instead of queueing one each."""
+        with self._sync_cond:
+            while self._synced < upto:
+                if self._syncing:
+                    self._sync_cond.wait()
+                    continue
+                self._syncing = True
+                with self._lock:
+                    target, fd = self._written, self._fd
+                self._sync_cond.release()
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    self._sync_cond.acquire()
+                    self._syncing = False
+                    self._sync_cond.notify_all()
+                self._synced = max(self._synced, target)
 
     # -- the writer ---------------------------------------------------------------------------
 
@@ -258,6 +280,10 @@ class EventJournal:
     def _start(self) -> None:
         # Called with the lock held, in a new process (or the first time).
         self._pid = os.getpid()
+        self._written = 0  #: bytes appended by this process, over every file
+        self._synced = 0  #: of which known to be on disk
+        self._syncing = False
+        self._sync_cond = threading.Condition()
         self._pending: list[Event] = []
         self._sent = 0  #: events appended so far
         self._acked = 0  #: events committed so far
@@ -308,7 +334,10 @@ class EventJournal:
             old, old_fd = rotate
             Path(str(old) + DONE_SUFFIX).unlink(missing_ok=True)
             old.unlink(missing_ok=True)
-            os.close(old_fd)
+            with self._sync_cond:  # never close a file an fdatasync is running on
+                while self._syncing:
+                    self._sync_cond.wait()
+                os.close(old_fd)
 
     # -- for tests and shutdown --------------------------------------------------------------
 

@@ -110,9 +110,12 @@ def test_200_concurrent_clicks_on_two_workers_are_each_committed_before_the_redi
             server.stop()
 
 
-def test_200_concurrent_clicks_through_the_journal(engine, database_url, sessions, messages, tmp_path):
-    servers = [Server(make_app(database_url, HOTCLICKS_JOURNAL_DIR=str(tmp_path / "journal")))
-               for _ in range(2)]
+@pytest.mark.parametrize("fsync", [False, True], ids=["written", "fdatasync"])
+def test_200_concurrent_clicks_through_the_journal(engine, database_url, sessions, messages, tmp_path, fsync):
+    servers = [
+        Server(make_app(database_url, HOTCLICKS_JOURNAL_DIR=str(tmp_path / "journal"), HOTCLICKS_JOURNAL_FSYNC=fsync))
+        for _ in range(2)
+    ]
     try:
         click_all(servers, messages)
         for server in servers:
