@@ -43,6 +43,8 @@ setup(
         "test": [
             "pytest>=8.0",
             "hypothesis>=6.100",
+            # The rewriter's links are checked against the HTML spec's tokenizer.
+            "html5lib>=1.1",
             "psycopg[binary]>=3.1",
             "dkimpy>=1.1",
             # The relay's TLS and DKIM tests make their own keys and certificates.
