@@ -19,6 +19,7 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 from sqlalchemy import func, or_, select
+from werkzeug.wrappers import Response as WerkzeugResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -82,11 +83,11 @@ def _check_access() -> Any:
             abort(403)
         return None
     answer = check()
-    if answer is True:
-        return None
-    if answer is False or answer is None:
+    if isinstance(answer, WerkzeugResponse):  # the host's own answer, e.g. a login redirect
+        return answer
+    if not answer:
         abort(403)
-    return answer
+    return None
 
 
 @blueprint.after_request
