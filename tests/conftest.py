@@ -7,6 +7,7 @@ every test that needs a database gets a schema of its own, created empty and dro
 from __future__ import annotations
 
 import os
+import threading
 import socket
 import uuid
 from collections.abc import Iterator
@@ -190,3 +191,39 @@ def app(engine: Engine, database_url: str) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask):
     return app.test_client()
+
+
+# -- the example app ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shop(relay: RelayController, upstream: Upstream, database_url: str) -> Iterator[Flask]:
+    """The example app, sending through the test relay, served on a free port of 127.0.0.1.
+
+    Its address is ``app.config["LIVE_URL"]``; its mail's links point at BASE_URL.
+    """
+    pytest.importorskip("flask_mailman", reason="the example app needs flask-mailman (pip install -e '.[example]')")
+    from werkzeug.serving import make_server
+
+    from example_app import create_app
+
+    app = create_app(
+        {
+            "TESTING": True,
+            "HOTCLICKS_DATABASE_URL": database_url,
+            "HOTCLICKS_SECRET_KEY": SECRET_KEY,
+            "HOTCLICKS_BASE_URL": BASE_URL,
+            "MAIL_PORT": relay.config.listen[1],
+            # Simulated recipients click milliseconds after the send.
+            "HOTCLICKS_BOT_DELIVERY_SECONDS": 0,
+        }
+    )
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    app.config["LIVE_URL"] = f"http://127.0.0.1:{server.server_port}"
+    yield app
+    server.shutdown()
+    thread.join(timeout=10)
+    server.server_close()
+    app.extensions["hotclicks"].engine.dispose()

@@ -72,3 +72,26 @@ def tracked_hrefs(data: bytes, part: str | None = None) -> list[str]:
     body = message.get_body(preferencelist=(part,))
     assert body is not None, f"no text/{part} part"
     return _TRACKED.findall(body.get_content())
+
+
+def play_the_demo(shop, relay, upstream, *, subscribers: int, seed: int) -> list:
+    """The demo's steps on the test servers: the example app (``shop``) sends its three deliveries
+    through ``relay`` to ``upstream``, then simulated recipients open and click over real HTTP.
+
+    Returns what each simulated request got (``example_app.simulate.Outcome``).
+    """
+    import dataclasses
+
+    from example_app import simulate
+    from example_app.demo import seed_and_send
+
+    sent = seed_and_send(shop, count=subscribers, seed=seed)
+    relay.wait_idle(60)
+    assert len(upstream.messages) == sent, "the relay did not deliver every message it accepted"
+    # Links in the mail point at the public base URL; the tests reach the same routes locally.
+    live_base = shop.config["LIVE_URL"] + "/t"
+    requests = [
+        dataclasses.replace(r, url=r.url.replace(BASE_URL, live_base))
+        for r in simulate.plan([m.data for m in upstream.messages], BASE_URL, seed=seed)
+    ]
+    return simulate.run(requests)

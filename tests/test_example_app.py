@@ -7,65 +7,22 @@ over real HTTP; the report's percentages are checked against what the clicks the
 
 from __future__ import annotations
 
-import dataclasses
-import threading
-import time
 from collections import Counter
 
 import pytest
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 pytest.importorskip("flask_mailman", reason="the example app needs flask-mailman (pip install -e '.[example]')")
 
-from example_app import create_app, simulate  # noqa: E402
+from example_app import simulate  # noqa: E402
 from example_app.demo import TEST_PROFILES, seed_and_send  # noqa: E402
 from hotclicks.models import Delivery, Execution  # noqa: E402
 
-from .conftest import SECRET_KEY  # noqa: E402
-from .helpers import BASE_URL  # noqa: E402
+from .helpers import play_the_demo  # noqa: E402
 
 
-@pytest.fixture
-def shop(relay, upstream, database_url):
-    app = create_app(
-        {
-            "TESTING": True,
-            "HOTCLICKS_DATABASE_URL": database_url,
-            "HOTCLICKS_SECRET_KEY": SECRET_KEY,
-            "HOTCLICKS_BASE_URL": BASE_URL,
-            "MAIL_PORT": relay.config.listen[1],
-            "HOTCLICKS_BOT_DELIVERY_SECONDS": 0,
-        }
-    )
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    app.config["LIVE_URL"] = f"http://127.0.0.1:{server.server_port}"
-    yield app
-    server.shutdown()
-    thread.join(timeout=10)
-    app.extensions["hotclicks"].engine.dispose()
-
-
-def _delivered(upstream, count: int, timeout: float = 60) -> list[bytes]:
-    deadline = time.monotonic() + timeout
-    while len(upstream.messages) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(upstream.messages) == count, "the relay did not deliver every message it accepted"
-    return [m.data for m in upstream.messages]
-
-
-def test_the_demo_produces_the_executions_and_percentages_its_clicks_imply(shop, upstream, sessions):
-    sent = seed_and_send(shop, count=60, seed=3)
-    messages = _delivered(upstream, sent)
-    # Links in the mail point at the public base URL; the test reaches the same routes locally.
-    live_base = shop.config["LIVE_URL"] + "/t"
-    requests = [
-        dataclasses.replace(r, url=r.url.replace(BASE_URL, live_base))
-        for r in simulate.plan(messages, BASE_URL, seed=3)
-    ]
-    outcomes = simulate.run(requests)
+def test_the_demo_produces_the_executions_and_percentages_its_clicks_imply(shop, relay, upstream, sessions):
+    outcomes = play_the_demo(shop, relay, upstream, subscribers=60, seed=3)
     statuses = simulate.summary(outcomes)
     assert not [k for k in statuses if k.split()[1].startswith("5")], statuses
     human_clicks = [o for o in outcomes if o.request.kind == "click"]
