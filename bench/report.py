@@ -15,7 +15,7 @@ Median milliseconds per request. Prints, per database, a line like
 ``RESULT report ours=<page ms at the largest size> ref=<page ms at the smallest> ratio=... ...``
 (``report-pg`` for PostgreSQL). The target: under 100 ms at every size, ratio at most 1.5.
 
-    python bench/report.py [--sizes 10000,1000000,5000000] [--no-pg] [--pg-url URL]
+    python bench/report.py [--sizes 10000,1000000,5000000] [--no-pg | --no-sqlite] [--pg-url URL]
 """
 
 from __future__ import annotations
@@ -215,15 +215,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tail", type=int, default=1000, help="clicks left unfolded at each size")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     if sizes != sorted(set(sizes)) or sizes[0] <= 0:
         parser.error("--sizes must be distinct positive numbers")
 
-    with tempfile.TemporaryDirectory() as directory:
-        results = run(f"sqlite:///{directory}/bench.sqlite3", sizes, args.messages, args.tail, args.repeat, "sqlite")
-    print(result_line("report", results), flush=True)
+    if not args.no_sqlite:
+        with tempfile.TemporaryDirectory() as directory:
+            results = run(f"sqlite:///{directory}/bench.sqlite3", sizes, args.messages, args.tail, args.repeat, "sqlite")
+        print(result_line("report", results), flush=True)
 
     if args.no_pg:
         return
