@@ -17,7 +17,9 @@ reported.
     python bench/relay.py [--messages 300] [--rounds 5] [--database-url postgresql://...]
 
 Prints one line per concurrency, like
-``RESULT relay senders=8 passthrough_mps=... relay_mps=... ratio=...`` (median of ``--rounds``),
+``RESULT relay senders=8 passthrough_mps=... relay_mps=... ratio=... paired_ratio=...`` (medians of
+``--rounds``; ``paired_ratio`` is the median of each round's relay/pass-through ratio, steadier on
+a busy machine; the lines before it give every round and the load average),
 and ``RESULT relay-direct senders=... direct_mps=...`` for sending straight to the sink.
 """
 
@@ -308,10 +310,22 @@ def main() -> None:
                 stop(process)
             processes.clear()
             direct, passthrough, relay = (statistics.median(results[k]) for k in ("direct", "passthrough", "relay"))
+            # Each round runs the pass-through and the relay back to back: the ratio within a round
+            # is less at the mercy of other load on the machine than the ratio of the medians.
+            paired = [r / p for r, p in zip(results["relay"], results["passthrough"])]
+            print(
+                f"rounds senders={senders}: "
+                + "; ".join(
+                    f"direct {d:.0f} passthrough {p:.0f} relay {r:.0f}"
+                    for d, p, r in zip(results["direct"], results["passthrough"], results["relay"])
+                )
+                + f"; load average {os.getloadavg()[0]:.1f}"
+            )
             print(f"RESULT relay-direct senders={senders} direct_mps={direct:.1f}")
             print(
                 f"RESULT relay senders={senders} passthrough_mps={passthrough:.1f} relay_mps={relay:.1f} "
-                f"ratio={relay / passthrough:.2f} passthrough_vs_direct={passthrough / direct:.2f}",
+                f"ratio={relay / passthrough:.2f} paired_ratio={statistics.median(paired):.2f} "
+                f"passthrough_vs_direct={passthrough / direct:.2f}",
                 flush=True,
             )
     finally:
