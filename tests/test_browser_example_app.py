@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from .helpers import play_the_demo
-from .test_browser_reports import CHROMIUM, browser  # noqa: F401  (one browser fixture for both)
 
 pytestmark = pytest.mark.browser
 
@@ -22,7 +21,7 @@ SCREENSHOTS = Path(__file__).parent / "screenshots"
 README_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "demo-hot-clicks.png"
 
 
-def test_a_newcomer_logs_in_and_sees_each_links_share_of_the_newsletters_clicks(shop, relay, upstream, browser):  # noqa: F811
+def test_a_newcomer_logs_in_and_sees_each_links_share_of_the_newsletters_clicks(shop, relay, upstream, browser):
     play_the_demo(shop, relay, upstream, subscribers=120, seed=5)
     context = browser.new_context(viewport={"width": 1280, "height": 1500}, timezone_id="Europe/Paris")
     page = context.new_page()

@@ -2,11 +2,12 @@
 
 The Flask app runs on a free port of 127.0.0.1 (werkzeug's server in a thread); one browser serves
 the whole module. Screenshots land in tests/screenshots/ (git-ignored); the hot clicks page
-without a profile is also copied to docs/hot-clicks.png for the README.
+without a profile also replaces docs/hot-clicks.png when HOTCLICKS_UPDATE_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -20,32 +21,15 @@ from .helpers import newsletter, tracked_hrefs
 from .test_end_to_end import send
 from .test_reports import seed
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 DOCS_SCREENSHOT = Path(__file__).parent.parent / "docs" / "hot-clicks.png"
 
 pytestmark = pytest.mark.browser
 
 try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
-except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None  # type: ignore[assignment]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if sync_playwright is None:
-        pytest.skip("playwright is not installed (pip install playwright; no browser download needed)")
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's Chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        yield browser
-        browser.close()
+    from playwright.sync_api import Browser, Page, expect
+except ImportError:  # pragma: no cover - the browser fixture skips these tests then
+    pass
 
 
 class LiveServer:
@@ -121,8 +105,8 @@ def test_badges_show_each_links_share_and_hover_or_focus_tells_counts_and_target
     page.goto(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks")
     assert _badges(page) == ["30%", "25%", "20%", "not tracked", "10%"]
     shot = _shot(page, "hot-clicks-html.png")
-    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-    shutil.copyfile(shot, DOCS_SCREENSHOT)
+    if os.environ.get("HOTCLICKS_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
     expect(page.locator("#hc-legend")).to_contain_text("100% = 20 clicks by people")
     expect(page.locator("#hc-legend")).to_contain_text("across all variants")
     frame = page.frame_locator("#hc-content")
