@@ -24,6 +24,17 @@ TEST_DATABASE_URL = os.environ.get("HOTCLICKS_TEST_DATABASE_URL", "")
 #: The corpus of real emails written by others, beside the repository (absent in a user's clone).
 CORPUS = Path(os.environ.get("HOTCLICKS_CORPUS") or Path(__file__).resolve().parents[2] / "shared" / "corpus")
 
+def require_corpus() -> None:
+    """Skip the calling test module, saying why, where the corpus is not beside the repository."""
+    if not CORPUS.is_dir():
+        pytest.skip(
+            "HOTCLICKS_CORPUS is not a directory"
+            if os.environ.get("HOTCLICKS_CORPUS")
+            else "../shared/corpus not found: corpus tests need the shared folder beside the repository",
+            allow_module_level=True,
+        )
+
+
 #: A secret key for tests; the relay and the Flask app share it as in production.
 SECRET_KEY = "test-secret-key-0123456789abcdef"
 

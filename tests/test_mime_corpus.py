@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import difflib
 import email.quoprimime
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -23,17 +22,9 @@ from tests.test_mime import check_rewrite, rewritable, stdlib
 
 pytestmark = pytest.mark.corpus
 
-CORPUS = Path(
-    os.environ.get("HOTCLICKS_CORPUS")
-    or Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
-)
-if not CORPUS.is_dir():
-    pytest.skip(
-        "HOTCLICKS_CORPUS is not a directory"
-        if os.environ.get("HOTCLICKS_CORPUS")
-        else "../shared/corpus not found: corpus tests need the shared folder beside the repository",
-        allow_module_level=True,
-    )
+from .conftest import CORPUS, require_corpus  # noqa: E402
+
+require_corpus()
 
 EMLS = sorted(CORPUS.glob("*.eml"))
 HTMLS = sorted(CORPUS.glob("*.html"))

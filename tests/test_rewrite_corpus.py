@@ -15,7 +15,6 @@ comment then runs to that ``-->`` as well, so both readings agree on where the r
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -28,17 +27,9 @@ from tests.test_rewrite import check_undo
 
 pytestmark = pytest.mark.corpus
 
-CORPUS = Path(
-    os.environ.get("HOTCLICKS_CORPUS")
-    or Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
-)
-if not CORPUS.is_dir():
-    pytest.skip(
-        "HOTCLICKS_CORPUS is not a directory"
-        if os.environ.get("HOTCLICKS_CORPUS")
-        else "../shared/corpus not found: corpus tests need the shared folder beside the repository",
-        allow_module_level=True,
-    )
+from .conftest import CORPUS, require_corpus  # noqa: E402
+
+require_corpus()
 
 HTMLS = sorted(CORPUS.glob("*.html"))
 PIXEL_URL = "https://t.example/o/eyJtIjoxMjM0NTY3fQ.signature?x=1&y=2"

@@ -12,11 +12,12 @@ import pytest
 
 from hotclicks.rewrite import find_html_links, rewrite_html
 
-from .conftest import CORPUS
+from .conftest import CORPUS, require_corpus
 
 pytestmark = [pytest.mark.browser, pytest.mark.corpus]
 
-TEMPLATES = sorted(CORPUS.glob("*.html")) if CORPUS.is_dir() else []
+require_corpus()
+TEMPLATES = sorted(CORPUS.glob("*.html"))
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +34,6 @@ def render(browser):
     context.close()
 
 
-@pytest.mark.skipif(
-    not TEMPLATES, reason="../shared/corpus not found: corpus tests need the shared folder beside the repository"
-)
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
 def test_a_rewritten_template_renders_exactly_like_the_original(render, path: Path):
     html = path.read_bytes().decode("utf-8", "replace")
