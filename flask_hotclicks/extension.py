@@ -45,6 +45,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "HOTCLICKS_TRACKING_PREFIX": "/t",
     # Where the reports blueprint (pages and /api) is mounted.
     "HOTCLICKS_REPORT_PREFIX": "/hotclicks",
+    # Who may see the reports when no @hotclicks.report_access check is registered (a registered
+    # check always decides): "debug" opens them in debug and testing mode only, True to anyone
+    # who reaches them (an app that protects the prefix itself, e.g. behind an authenticating
+    # proxy), False to nobody.
+    "HOTCLICKS_REPORTS_OPEN": "debug",
     # Query parameters that identify a recipient: the list the relay is given. The reports show
     # URLs without them (state.personal_params).
     "HOTCLICKS_PERSONAL_PARAMS": [],

@@ -71,7 +71,7 @@ def _state() -> HotClicksState:
 
 @blueprint.before_request
 def _check_access() -> Any:
-    """Closed unless the host app lets the request in (open in debug and testing only).
+    """Closed unless the host app lets the request in (HOTCLICKS_REPORTS_OPEN says when else).
 
     The registered check may answer True (come in), False (403) or a response of its own, such
     as a redirect to the host app's login page.
@@ -79,7 +79,10 @@ def _check_access() -> Any:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     check = get_state(app).extension._report_access
     if check is None:
-        if not (app.debug or app.testing):
+        opened = app.config["HOTCLICKS_REPORTS_OPEN"]
+        if opened == "debug":
+            opened = app.debug or app.testing
+        if opened is not True:
             abort(403)
         return None
     answer = check()

@@ -151,6 +151,28 @@ def test_reports_are_closed_unless_the_host_app_opens_them(engine, database_url,
         app.extensions["hotclicks"].engine.dispose()
 
 
+def test_hotclicks_reports_open_says_who_sees_the_reports_when_no_check_is_registered(
+    engine, database_url, sessions
+):
+    seed(sessions)
+    path = "/hotclicks/api/deliveries"
+    expected = [
+        ({"TESTING": True}, 200),  # default "debug": open in debug and testing mode
+        ({}, 403),  # default "debug", in production: closed
+        ({"HOTCLICKS_REPORTS_OPEN": True}, 200),  # protected by the app another way
+        ({"HOTCLICKS_REPORTS_OPEN": False, "TESTING": True}, 403),  # closed even when testing
+    ]
+    for config, status in expected:
+        app = _app(database_url, **config)
+        HotClicks(app)
+        assert app.test_client().get(path).status_code == status, config
+        app.extensions["hotclicks"].engine.dispose()
+    checked = _app(database_url, HOTCLICKS_REPORTS_OPEN=True)
+    HotClicks(checked).report_access(lambda: False)  # a registered check always decides
+    assert checked.test_client().get(path).status_code == 403
+    checked.extensions["hotclicks"].engine.dispose()
+
+
 def test_a_preview_renderer_supplies_the_content_and_its_untracked_links_say_so(app, client, sessions):
     seed(sessions)
     seen = []
