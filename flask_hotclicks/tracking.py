@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request
+from sqlalchemy.orm import Session
 
 from hotclicks import bots
 from hotclicks.errors import InvalidToken
 from hotclicks.links import LIST_UNSUBSCRIBE_POST
-from hotclicks.models import utcnow
+from hotclicks.models import Recipient, utcnow
 from hotclicks.privacy import anonymize_ip
 from hotclicks.store import (
     ClickEvent,
@@ -172,17 +175,27 @@ def _preference_page(template: str, **context: Any) -> Any:
     return response
 
 
-@blueprint.route("/u/<token>", methods=["GET", "POST"])
-def unsubscribe_page(token: str) -> Any:
-    """GET never unsubscribes (link scanners follow links); POST does, or resubscribes."""
+@contextmanager
+def _preferences_of(token: str) -> Iterator[tuple[Session, Recipient, Token] | None]:
+    """The recipient a preference link (``/u/``, ``/n/``) stands for, in one transaction; None
+    for a link that is not valid."""
     state = _state()
     signed = _unsign(state, token, TokenKind.UNSUBSCRIBE)
     if signed is None:
-        return invalid_link()
+        yield None
+        return
     with state.sessions.begin() as session:
         recipient = message_recipient(session, signed.message_id)
-        if recipient is None:
+        yield None if recipient is None else (session, recipient, signed)
+
+
+@blueprint.route("/u/<token>", methods=["GET", "POST"])
+def unsubscribe_page(token: str) -> Any:
+    """GET never unsubscribes (link scanners follow links); POST does, or resubscribes."""
+    with _preferences_of(token) as found:
+        if found is None:
             return invalid_link()
+        session, recipient, signed = found
         done = None
         if request.method == "POST":
             if request.form.get("action") == "resubscribe":
@@ -208,14 +221,10 @@ def unsubscribe_page(token: str) -> Any:
 @blueprint.route("/n/<token>", methods=["GET", "POST"])
 def tracking_opt_out_page(token: str) -> Any:
     """The recipient's tracking opt-out: afterwards their clicks count, anonymously."""
-    state = _state()
-    signed = _unsign(state, token, TokenKind.UNSUBSCRIBE)
-    if signed is None:
-        return invalid_link()
-    with state.sessions.begin() as session:
-        recipient = message_recipient(session, signed.message_id)
-        if recipient is None:
+    with _preferences_of(token) as found:
+        if found is None:
             return invalid_link()
+        session, recipient, _ = found
         done = None
         if request.method == "POST":
             opted_out = request.form.get("action") != "track"
