@@ -217,15 +217,6 @@ def test_profile_for(session: Session, address: str) -> TestProfile | None:
 test_profile_for.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
-def set_message_status(
-    session: Session, message_id: int, status: MessageStatus, reply: str | None = None
-) -> None:
-    values: dict[str, Any] = {"status": status, "status_reply": reply}
-    if status is MessageStatus.SENT:
-        values["sent_at"] = utcnow()
-    session.execute(update(Message).where(Message.id == message_id).values(**values))
-
-
 def record_click(
     session: Session,
     *,
@@ -272,57 +263,6 @@ def record_open(
             machine_reason=machine_reason,
         )
     )
-
-
-def latest_execution(session: Session, delivery: Delivery) -> Execution | None:
-    return session.scalars(
-        select(Execution)
-        .where(Execution.delivery_id == delivery.id)
-        .order_by(Execution.started_at.desc(), Execution.id.desc())
-        .limit(1)
-    ).first()
-
-
-@dataclass(frozen=True, slots=True)
-class LinkClicks:
-    """One tracked URL's line of the hot clicks report."""
-
-    tracked_url: TrackedUrl
-    clicks: int
-    unique_clickers: int
-    percent: float
-
-
-def hot_clicks(session: Session, execution: Execution, *, include_machine: bool = False) -> list[LinkClicks]:
-    """Each tracked URL of ``execution`` with its share of the execution's clicks.
-
-    Percentages are of all the execution's clicks, over every variant, so they add up to 100
-    over all links (and to less for the links one profile sees).
-    """
-    conditions = [Click.tracked_url_id == TrackedUrl.id]
-    if not include_machine:
-        conditions.append(Click.is_machine.is_(False))
-    counts = (
-        select(
-            TrackedUrl,
-            func.count(Click.id),
-            func.count(func.distinct(Click.message_id)),
-        )
-        .outerjoin(Click, and_(*conditions))
-        .where(
-            TrackedUrl.execution_id == execution.id,
-            # The hidden trap link is no link of the content.
-            or_(TrackedUrl.name.is_(None), TrackedUrl.name != bots.TRAP_LINK_NAME),
-        )
-        .group_by(TrackedUrl.id)
-        .order_by(TrackedUrl.part, TrackedUrl.position, TrackedUrl.id)
-    )
-    rows = session.execute(counts).all()
-    total = sum(clicks for _, clicks, _ in rows)
-    return [
-        LinkClicks(url, clicks, unique, round(100.0 * clicks / total, 2) if total else 0.0)
-        for url, clicks, unique in rows
-    ]
 
 
 # -- tracking events: clicks and opens, judged by the bot rules, in batches ----------------------
