@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Select, and_, case, delete, func, or_, select, update
+from sqlalchemy import Connection, Select, and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
@@ -41,16 +41,20 @@ from .models import (
 M = TypeVar("M", bound=Base)
 
 
-def _insert_ignore(session: Session, model: type[M], values: dict[str, Any], keys: Sequence[str]) -> None:
-    """Insert a row unless one with the same ``keys`` exists (whoever inserted it)."""
-    dialect = session.get_bind().dialect.name
+def insert_ignore(
+    executor: Session | Connection, table: Any, rows: list[dict[str, Any]], keys: Sequence[str]
+) -> None:
+    """Insert ``rows`` into ``table`` except those whose ``keys`` exist already (whoever inserted
+    them): the database's unique constraints decide between concurrent writers."""
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    dialect = bind.dialect.name
     if dialect == "postgresql":
-        statement: Any = postgresql.insert(model)
+        statement: Any = postgresql.insert(table)
     elif dialect == "sqlite":
-        statement = sqlite.insert(model)
+        statement = sqlite.insert(table)
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
         raise NotImplementedError(f"HotClicks does not support {dialect}")
-    session.execute(statement.values(**values).on_conflict_do_nothing(index_elements=list(keys)))
+    executor.execute(statement.on_conflict_do_nothing(index_elements=list(keys)), rows)
 
 
 def _get_or_create(
@@ -60,7 +64,7 @@ def _get_or_create(
     found = session.scalars(query).first()
     if found is not None:
         return found
-    _insert_ignore(session, model, {**keys, **values}, list(keys))
+    insert_ignore(session, model.__table__, [{**keys, **values}], list(keys))
     return session.scalars(query).one()
 
 
@@ -69,8 +73,103 @@ def key_digest(link_key: str) -> str:
     return hashlib.sha256(link_key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+_DELIVERY_T = Delivery.__table__
+_EXECUTION_T = Execution.__table__
+
+_DELIVERY_ID = select(_DELIVERY_T.c.id).where(_DELIVERY_T.c.code == bindparam("code"))
+_LATEST_EXECUTION = (
+    select(
+        _EXECUTION_T.c.id,
+        _EXECUTION_T.c.key,
+        _EXECUTION_T.c.run_key,
+        _EXECUTION_T.c.version,
+        _EXECUTION_T.c.last_message_at,
+    )
+    .where(_EXECUTION_T.c.delivery_id == bindparam("delivery_id"))
+    .order_by(_EXECUTION_T.c.last_message_at.desc(), _EXECUTION_T.c.id.desc())
+    .limit(1)
+)
+_EXECUTION_ID = select(_EXECUTION_T.c.id).where(
+    _EXECUTION_T.c.delivery_id == bindparam("delivery_id"), _EXECUTION_T.c.key == bindparam("key")
+)
+_TOUCH_EXECUTION = (
+    update(_EXECUTION_T)
+    .where(
+        _EXECUTION_T.c.id == bindparam("execution_id"),
+        _EXECUTION_T.c.last_message_at < bindparam("now", type_=_EXECUTION_T.c.last_message_at.type),
+    )
+    .values(last_message_at=bindparam("now", type_=_EXECUTION_T.c.last_message_at.type))
+)
+def delivery_id(connection: Connection, marks: Marks) -> int:
+    """The id of the delivery ``marks`` name, created (with their type) on first sight."""
+    found = connection.scalar(_DELIVERY_ID, {"code": marks.delivery})
+    if found is not None:
+        return found
+    insert_ignore(
+        connection, _DELIVERY_T, [{"code": marks.delivery, "type": marks.type, "created_at": utcnow()}], ["code"]
+    )
+    return connection.execute(_DELIVERY_ID, {"code": marks.delivery}).scalar_one()
+
+
+def resolve_execution_id(
+    connection: Connection,
+    marks: Marks,
+    now: dt.datetime,
+    *,
+    delivery: int,
+    period: str = "month",
+    quiet_gap: dt.timedelta | None = None,
+) -> int:
+    """The id of the execution a message of ``delivery`` sent at ``now`` belongs to, created on
+    first sight, its ``last_message_at`` moved to ``now``: lean Core statements, as the relay's
+    hot path wants them."""
+    row = connection.execute(_LATEST_EXECUTION, {"delivery_id": delivery}).first()
+    latest = LatestExecution(row.run_key, row.version, row.last_message_at) if row is not None else None
+    options: dict[str, Any] = {"latest": latest, "period": period}
+    if quiet_gap is not None:
+        options["quiet_gap"] = quiet_gap
+    key = execution_for(marks, now, **options)
+    if row is not None and row.key == key.key:
+        execution = row.id
+    else:
+        execution = connection.scalar(_EXECUTION_ID, {"delivery_id": delivery, "key": key.key})
+        if execution is None:
+            insert_ignore(
+                connection,
+                _EXECUTION_T,
+                [
+                    {
+                        "delivery_id": delivery,
+                        "key": key.key,
+                        "run_key": key.run_key,
+                        "period": key.period,
+                        "version": key.version,
+                        "started_at": now,
+                        "last_message_at": now,
+                    }
+                ],
+                ["delivery_id", "key"],
+            )
+            execution = connection.execute(_EXECUTION_ID, {"delivery_id": delivery, "key": key.key}).scalar_one()
+    connection.execute(_TOUCH_EXECUTION, {"execution_id": execution, "now": now})
+    return execution
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientFacts:
+    """What the relay needs to know of one recipient, read in one statement."""
+
+    id: int
+    external_id: str | None
+    #: The test profile with this address, if any.
+    profile_id: int | None
+    #: An opt-out is in force (checked at the moment of the transaction, never cached).
+    unsubscribed: bool
+
+
 def get_delivery(session: Session, marks: Marks) -> Delivery:
-    return _get_or_create(session, Delivery, {"code": marks.delivery}, {"type": marks.type, "created_at": utcnow()})
+    """The delivery ``marks`` name, created (with their type) on first sight."""
+    return session.get_one(Delivery, delivery_id(session.connection(), marks))
 
 
 def resolve_execution(
@@ -82,40 +181,11 @@ def resolve_execution(
     quiet_gap: dt.timedelta | None = None,
 ) -> Execution:
     """The execution a marked message sent at ``now`` belongs to, created on first sight."""
-    delivery = get_delivery(session, marks)
-    latest_row = session.scalars(
-        select(Execution)
-        .where(Execution.delivery_id == delivery.id)
-        .order_by(Execution.last_message_at.desc(), Execution.id.desc())
-        .limit(1)
-    ).first()
-    latest = (
-        LatestExecution(latest_row.run_key, latest_row.version, latest_row.last_message_at)
-        if latest_row is not None
-        else None
+    connection = session.connection()
+    execution = resolve_execution_id(
+        connection, marks, now, delivery=delivery_id(connection, marks), period=period, quiet_gap=quiet_gap
     )
-    options: dict[str, Any] = {"latest": latest, "period": period}
-    if quiet_gap is not None:
-        options["quiet_gap"] = quiet_gap
-    key = execution_for(marks, now, **options)
-    execution = _get_or_create(
-        session,
-        Execution,
-        {"delivery_id": delivery.id, "key": key.key},
-        {
-            "run_key": key.run_key,
-            "period": key.period,
-            "version": key.version,
-            "started_at": now,
-            "last_message_at": now,
-        },
-    )
-    session.execute(
-        update(Execution)
-        .where(Execution.id == execution.id, Execution.last_message_at < now)
-        .values(last_message_at=now)
-    )
-    return execution
+    return session.get_one(Execution, execution, populate_existing=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,20 +216,22 @@ def ensure_tracked_urls(
     found = {(t.part, t.link_key): t for t in session.scalars(query)}
     missing = [spec for ident, spec in wanted.items() if ident not in found]
     for spec in missing:
-        _insert_ignore(
+        insert_ignore(
             session,
-            TrackedUrl,
-            {
-                "execution_id": execution.id,
-                "part": spec.part,
-                "link_key": spec.key,
-                "key_digest": key_digest(spec.key),
-                "url": spec.url,
-                "name": spec.name,
-                "label": spec.label[:200],
-                "position": spec.position,
-                "created_at": utcnow(),
-            },
+            TrackedUrl.__table__,
+            [
+                {
+                    "execution_id": execution.id,
+                    "part": spec.part,
+                    "link_key": spec.key,
+                    "key_digest": key_digest(spec.key),
+                    "url": spec.url,
+                    "name": spec.name,
+                    "label": spec.label[:200],
+                    "position": spec.position,
+                    "created_at": utcnow(),
+                }
+            ],
             ["execution_id", "part", "key_digest"],
         )
     if missing:

@@ -37,7 +37,14 @@ from hotclicks.models import (
     TrackedUrl,
     utcnow,
 )
-from hotclicks.store import LinkSpec, ensure_tracked_urls, ensure_variant, variant_signature
+from hotclicks.store import (
+    LinkSpec,
+    delivery_id,
+    ensure_tracked_urls,
+    ensure_variant,
+    resolve_execution_id,
+    variant_signature,
+)
 from hotclicks.tokens import TokenSigner
 
 from . import records
@@ -385,9 +392,9 @@ class MessageProcessor:
         marketing = marks.type is not DeliveryType.TRANSACTIONAL
         delivery = self._deliveries.get(marks.delivery) or learned.deliveries.get(marks.delivery)
         if delivery is None:
-            delivery = records.delivery_id(connection, marks)
+            delivery = delivery_id(connection, marks)
         learned.deliveries[marks.delivery] = delivery
-        execution_id = records.resolve_execution_id(
+        execution_id = resolve_execution_id(
             connection,
             marks,
             job.now,

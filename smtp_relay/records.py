@@ -1,11 +1,11 @@
 """The relay's bookkeeping on its hot path: lean Core statements, built once, on one connection.
 
-These do what :mod:`hotclicks.store`'s ``get_delivery``, ``resolve_execution``, ``get_recipient``,
-``test_profile_for`` and ``is_unsubscribed`` do, with the same rules (``INSERT ... ON CONFLICT DO
-NOTHING`` then read back, so the database's unique constraints decide who wins), in fewer round
-trips and without the ORM's per-statement overhead: one statement finds the latest execution, one
-touches it, one reads every recipient of a transaction with their test profile and opt-out, one
-inserts the transaction's message rows. The rare paths (a new execution's tracked URLs, a content
+The delivery and the execution come from :mod:`hotclicks.store`'s Core functions (``delivery_id``,
+``resolve_execution_id``); these add the per-transaction batch: one statement reads every recipient
+of a transaction with their test profile and opt-out (what ``store.get_recipient``,
+``test_profile_for`` and ``is_unsubscribed`` tell one at a time), one inserts the transaction's
+message rows, with the same rule (``INSERT ... ON CONFLICT DO NOTHING`` then read back, so the
+database's unique constraints decide who wins). The rare paths (a new execution's tracked URLs, a content
 variant's sample) stay with the ORM functions of :mod:`hotclicks.store`.
 """
 
@@ -17,13 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, exists, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from hotclicks.executions import LatestExecution, Marks, execution_for
-from hotclicks.models import Delivery, Execution, Message, MessageStatus, OptOut, Recipient, TestProfile, utcnow
+from hotclicks.models import Message, MessageStatus, OptOut, Recipient, TestProfile, utcnow
+from hotclicks.store import insert_ignore
 
-_DELIVERY = Delivery.__table__
-_EXECUTION = Execution.__table__
 _RECIPIENT = Recipient.__table__
 _PROFILE = TestProfile.__table__
 _OPT_OUT = OptOut.__table__
@@ -32,30 +29,6 @@ _MESSAGE = Message.__table__
 #: Recipients read per statement (well under SQLite's and PostgreSQL's parameter limits).
 CHUNK = 500
 
-_DELIVERY_ID = select(_DELIVERY.c.id).where(_DELIVERY.c.code == bindparam("code"))
-_LATEST_EXECUTION = (
-    select(
-        _EXECUTION.c.id,
-        _EXECUTION.c.key,
-        _EXECUTION.c.run_key,
-        _EXECUTION.c.version,
-        _EXECUTION.c.last_message_at,
-    )
-    .where(_EXECUTION.c.delivery_id == bindparam("delivery_id"))
-    .order_by(_EXECUTION.c.last_message_at.desc(), _EXECUTION.c.id.desc())
-    .limit(1)
-)
-_EXECUTION_ID = select(_EXECUTION.c.id).where(
-    _EXECUTION.c.delivery_id == bindparam("delivery_id"), _EXECUTION.c.key == bindparam("key")
-)
-_TOUCH_EXECUTION = (
-    update(_EXECUTION)
-    .where(
-        _EXECUTION.c.id == bindparam("execution_id"),
-        _EXECUTION.c.last_message_at < bindparam("now", type_=_EXECUTION.c.last_message_at.type),
-    )
-    .values(last_message_at=bindparam("now", type_=_EXECUTION.c.last_message_at.type))
-)
 _RECIPIENT_FACTS = select(
     _RECIPIENT.c.id,
     _RECIPIENT.c.address,
@@ -71,72 +44,6 @@ _SET_EXTERNAL_ID = (
     .values(external_id=bindparam("new_external_id"))
 )
 _INSERT_MESSAGES = insert(_MESSAGE).returning(_MESSAGE.c.id, sort_by_parameter_order=True)
-
-
-def _insert_ignore(connection: Connection, table: Any, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
-    """Insert ``rows`` except those whose ``keys`` exist already (whoever inserted them)."""
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        statement: Any = postgresql.insert(table)
-    elif dialect == "sqlite":
-        statement = sqlite.insert(table)
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        raise NotImplementedError(f"HotClicks does not support {dialect}")
-    connection.execute(statement.on_conflict_do_nothing(index_elements=list(keys)), rows)
-
-
-def delivery_id(connection: Connection, marks: Marks) -> int:
-    """The id of the delivery ``marks`` name, created (with their type) on first sight."""
-    found = connection.scalar(_DELIVERY_ID, {"code": marks.delivery})
-    if found is not None:
-        return found
-    _insert_ignore(
-        connection, _DELIVERY, [{"code": marks.delivery, "type": marks.type, "created_at": utcnow()}], ["code"]
-    )
-    return connection.execute(_DELIVERY_ID, {"code": marks.delivery}).scalar_one()
-
-
-def resolve_execution_id(
-    connection: Connection,
-    marks: Marks,
-    now: dt.datetime,
-    *,
-    delivery: int,
-    period: str = "month",
-    quiet_gap: dt.timedelta | None = None,
-) -> int:
-    """The id of the execution a message of ``delivery`` sent at ``now`` belongs to, created on
-    first sight, its ``last_message_at`` moved to ``now`` (``store.resolve_execution``'s rules)."""
-    row = connection.execute(_LATEST_EXECUTION, {"delivery_id": delivery}).first()
-    latest = LatestExecution(row.run_key, row.version, row.last_message_at) if row is not None else None
-    options: dict[str, Any] = {"latest": latest, "period": period}
-    if quiet_gap is not None:
-        options["quiet_gap"] = quiet_gap
-    key = execution_for(marks, now, **options)
-    if row is not None and row.key == key.key:
-        execution = row.id
-    else:
-        execution = connection.scalar(_EXECUTION_ID, {"delivery_id": delivery, "key": key.key})
-        if execution is None:
-            _insert_ignore(
-                connection,
-                _EXECUTION,
-                [
-                    {
-                        "delivery_id": delivery,
-                        "key": key.key,
-                        "run_key": key.run_key,
-                        "period": key.period,
-                        "version": key.version,
-                        "started_at": now,
-                        "last_message_at": now,
-                    }
-                ],
-                ["delivery_id", "key"],
-            )
-            execution = connection.execute(_EXECUTION_ID, {"delivery_id": delivery, "key": key.key}).scalar_one()
-    connection.execute(_TOUCH_EXECUTION, {"execution_id": execution, "now": now})
-    return execution
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +77,7 @@ def recipient_facts(
     missing = [address for address in wanted if address not in found]
     if missing:
         now = utcnow()
-        _insert_ignore(
+        insert_ignore(
             connection,
             _RECIPIENT,
             [{"address": address, "external_id": external_id, "created_at": now} for address in missing],
