@@ -37,7 +37,7 @@ from sqlalchemy import Engine, create_engine, make_url, text  # noqa: E402
 
 from flask_hotclicks import HotClicks  # noqa: E402
 from hotclicks import db, reports, store  # noqa: E402
-from hotclicks.models import Delivery, DeliveryType, Execution, Message, MessageStatus, Recipient  # noqa: E402
+from hotclicks.models import Delivery, DeliveryType, Execution, Recipient  # noqa: E402
 
 CODE = "bench-news"
 HTML_LINKS = 20
