@@ -155,18 +155,6 @@ def resolve_execution_id(
     return execution
 
 
-@dataclass(frozen=True, slots=True)
-class RecipientFacts:
-    """What the relay needs to know of one recipient, read in one statement."""
-
-    id: int
-    external_id: str | None
-    #: The test profile with this address, if any.
-    profile_id: int | None
-    #: An opt-out is in force (checked at the moment of the transaction, never cached).
-    unsubscribed: bool
-
-
 def get_delivery(session: Session, marks: Marks) -> Delivery:
     """The delivery ``marks`` name, created (with their type) on first sight."""
     return session.get_one(Delivery, delivery_id(session.connection(), marks))
