@@ -207,9 +207,11 @@ class Deliverer:
             try:
                 await client.connect()
             except aiosmtplib.SMTPResponseException as exc:
+                client.close()  # the TCP connection may be up even though the greeting failed
                 self._temporary_or_failed(entry, exc.code, f"{exc.code} {exc.message}", entry.recipients)
                 return None
             except (aiosmtplib.SMTPException, OSError) as exc:
+                client.close()
                 self._defer(entry, f"upstream {host}:{port} unreachable: {exc}")
                 return None
         try:
@@ -347,9 +349,15 @@ class Deliverer:
 
 
 async def _close(client: aiosmtplib.SMTP | None) -> None:
-    if client is not None and client.is_connected:
-        try:
+    """Say QUIT when the connection still works, and release its socket whatever happens
+    (also when a stopping relay cancels the QUIT)."""
+    if client is None:
+        return None
+    try:
+        if client.is_connected:
             await asyncio.wait_for(client.quit(), 5)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
-            client.close()
+    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        client.close()
     return None
