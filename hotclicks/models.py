@@ -212,6 +212,26 @@ class ContentVariant(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class ProfileCopy(Base):
+    """The content a test profile received in one execution, kept whole for the hot clicks report.
+
+    A variant keeps one sample; personalised content (a greeting, a price) differs inside a
+    variant, so each test profile's own copy is kept beside it, one row per message it was sent.
+    """
+
+    __tablename__ = "hotclicks_profile_copy"
+    __table_args__ = (
+        Index("ix_hotclicks_profile_copy_execution_id_test_profile_id", "execution_id", "test_profile_id"),
+    )
+
+    message_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_message.id"), primary_key=True)
+    execution_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_execution.id"))
+    test_profile_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_test_profile.id"))
+    html: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class Message(Base):
     """What one recipient was sent in one execution: a line of the broad log."""
 
@@ -310,6 +330,22 @@ class RelayIncident(Base):
     message_id_header: Mapped[str | None] = mapped_column(String(998))
     mail_from: Mapped[str | None] = mapped_column(String(320))
     recipients: Mapped[str | None] = mapped_column(Text)
+
+
+class RelayAccount(Base):
+    """A login allowed to send through the relay with SMTP AUTH (``hotclicks-relay accounts``).
+
+    Only the scrypt hash of the password is stored. A disabled account is kept, not deleted, so
+    the login is not silently reused and the operator sees when it was turned off.
+    """
+
+    __tablename__ = "hotclicks_relay_account"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    login: Mapped[str] = mapped_column(String(200), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[dt.datetime | None] = mapped_column()
 
 
 class RelayCounter(Base):

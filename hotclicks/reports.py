@@ -53,6 +53,7 @@ from .models import (
     MessageStats,
     MessageStatus,
     OptOut,
+    ProfileCopy,
     Recipient,
     RollupState,
     TestProfile,
@@ -618,7 +619,8 @@ def choose_content(
     profile: TestProfile | None,
     preview: tuple[str | None, str | None] | None = None,
 ) -> ContentChoice:
-    """What to show: the host app's preview, else the profile's own copy, else a variant's sample.
+    """What to show: the host app's preview, else the profile's own copy (the latest it received in
+    the execution), else a variant's sample.
 
     Without a profile, the sample of the variant most recipients got stands for "a recipient with
     no attributes" when there is no preview renderer.
@@ -629,7 +631,19 @@ def choose_content(
         session.scalars(select(ContentVariant).where(ContentVariant.execution_id == execution.id).order_by(ContentVariant.id))
     )
     if profile is not None:
-        for variant in variants:
+        own = session.execute(
+            select(ProfileCopy, Message.variant_id)
+            .join(Message, Message.id == ProfileCopy.message_id)
+            .where(ProfileCopy.execution_id == execution.id, ProfileCopy.test_profile_id == profile.id)
+            .order_by(ProfileCopy.message_id.desc())
+            .limit(1)
+        ).first()
+        if own is not None:
+            copy, variant_id = own
+            return ContentChoice(copy.html, copy.text, "test-profile",
+                                 next((v for v in variants if v.id == variant_id), None),
+                                 f"The copy {profile.name} received in this execution.")
+        for variant in variants:  # kept before each profile's copy was (a variant's sample slot)
             if variant.test_profile_id == profile.id:
                 return ContentChoice(variant.html, variant.text, "test-profile", variant,
                                      f"The copy {profile.name} received in this execution.")

@@ -32,7 +32,9 @@ from .models import (
     MessageStatus,
     Open,
     OptOut,
+    ProfileCopy,
     Recipient,
+    RelayAccount,
     TestProfile,
     TrackedUrl,
     utcnow,
@@ -705,8 +707,56 @@ def delete_profile(session: Session, name_or_id: str | int) -> None:
     session.execute(
         update(ContentVariant).where(ContentVariant.test_profile_id == profile.id).values(test_profile_id=None)
     )
+    session.execute(delete(ProfileCopy).where(ProfileCopy.test_profile_id == profile.id))
     session.delete(profile)
     session.flush()
+
+
+# -- relay accounts (SMTP AUTH) ------------------------------------------------------------------
+
+
+class AccountError(HotClicksError, ValueError):
+    """A relay account cannot be created or changed as asked; the text says why."""
+
+
+def relay_accounts(session: Session) -> list[RelayAccount]:
+    return list(session.scalars(select(RelayAccount).order_by(RelayAccount.login)))
+
+
+def add_relay_account(session: Session, login: str, password_hash: str, *, replace: bool = False) -> RelayAccount:
+    """A new account (or, with ``replace``, a new password for an existing one, enabled again).
+
+    Takes the hash, not the password: hashing belongs to the relay, the store never sees secrets.
+    """
+    if not login or login != login.strip() or any(not c.isprintable() for c in login) or len(login) > 200:
+        raise AccountError(f"{login!r} is not a usable login (printable, no surrounding spaces, at most 200 characters)")
+    account = session.scalars(select(RelayAccount).where(RelayAccount.login == login)).first()
+    if account is None:
+        account = RelayAccount(login=login, password_hash=password_hash, created_at=utcnow())
+        session.add(account)
+    elif replace:
+        account.password_hash, account.disabled_at = password_hash, None
+    else:
+        raise AccountError(f"the account {login!r} exists already (add --replace to set a new password)")
+    session.flush()
+    return account
+
+
+def disable_relay_account(session: Session, login: str) -> RelayAccount:
+    account = session.scalars(select(RelayAccount).where(RelayAccount.login == login)).first()
+    if account is None:
+        raise AccountError(f"no account {login!r}")
+    if account.disabled_at is None:
+        account.disabled_at = utcnow()
+        session.flush()
+    return account
+
+
+def relay_password_hash(session: Session, login: str) -> str | None:
+    """The password hash of an enabled account, or None (no such login, or disabled)."""
+    return session.scalar(
+        select(RelayAccount.password_hash).where(RelayAccount.login == login, RelayAccount.disabled_at.is_(None))
+    )
 
 
 # -- retention and figures -----------------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, delete
+from sqlalchemy import Connection, delete, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,6 +31,7 @@ from hotclicks.models import (
     Execution,
     Message,
     MessageStatus,
+    ProfileCopy,
     RelayCounter,
     RelayIncident,
     TestProfile,
@@ -447,6 +448,22 @@ class MessageProcessor:
             )
         session.flush()  # a variant's sample, before the messages that point at it
         message_ids = records.insert_messages(connection, rows)
+        # Each test profile's own copy, even when its variant has a sample already: personalised
+        # content differs inside a variant, and the report shows a profile what it received.
+        copies = [
+            {
+                "message_id": message_id,
+                "execution_id": execution_id,
+                "test_profile_id": facts[address.lower()].profile_id,
+                "html": job.sample_html,
+                "text": job.sample_text,
+                "created_at": job.now,
+            }
+            for address, message_id, row in zip(job.recipients, message_ids, rows)
+            if facts[address.lower()].profile_id is not None and row["status"] is not MessageStatus.SUPPRESSED
+        ]
+        if copies:
+            connection.execute(insert(ProfileCopy.__table__), copies)
         _add_incidents(session, job.incidents)
         session.flush()
         if known_variant is not None:
@@ -492,6 +509,7 @@ class MessageProcessor:
         """Take back the broad log rows of a transaction that was refused after all (451)."""
         if message_ids:
             with self.sessions.begin() as session:
+                session.execute(delete(ProfileCopy).where(ProfileCopy.message_id.in_(list(message_ids))))
                 session.execute(delete(Message).where(Message.id.in_(list(message_ids))))
 
     def record(

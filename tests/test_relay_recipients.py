@@ -11,8 +11,8 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import select
 
-from hotclicks import store
-from hotclicks.models import ContentVariant, Message, MessageStatus, Recipient, RelayCounter
+from hotclicks import reports, store
+from hotclicks.models import ContentVariant, Execution, Message, MessageStatus, ProfileCopy, Recipient, RelayCounter
 from hotclicks.tokens import TokenKind, TokenSigner
 from smtp_relay import RelayController
 
@@ -101,6 +101,31 @@ def test_test_profiles_copy_is_the_sample_of_its_variant_and_each_variant_has_on
         assert "https://blog.example/spring" in variants[0].html
         assert variants[1].sample_source == "recipient" and "https://blog.example/summer" in variants[1].html
         assert variants[0].text and "/t/c/" not in variants[0].html  # the content, not a copy's links
+
+
+def test_each_test_profile_keeps_its_own_copy_and_the_report_shows_it(relay, upstream, sessions):
+    with sessions.begin() as session:
+        store.create_profile(session, "Woman, 30", "anna@shop.example", {"gender": "f"})
+        store.create_profile(session, "Man, 40", "marc@shop.example", {"gender": "m"})
+    # Same links, so the same variant; only the personalised greeting differs.
+    for name, address in (("Anna", "anna@shop.example"), ("Marc", "marc@shop.example")):
+        send(relay, newsletter().replace(b"Spring is here.", f"Hello {name}, spring is here.".encode())
+             .replace(b'<body   style="margin:0">', f'<body   style="margin:0"><p>Dear {name},</p>'.encode()), [address])
+    send(relay, newsletter(), ["ann@example.org"])
+    with sessions() as session:
+        (variant,) = session.scalars(select(ContentVariant)).all()
+        assert variant.sample_source == "test-profile" and "Dear Anna" in variant.html  # the first profile's
+        copies = session.scalars(select(ProfileCopy).order_by(ProfileCopy.message_id)).all()
+        assert [("Dear Anna" in c.html, "Dear Marc" in c.html) for c in copies] == [(True, False), (False, True)]
+        assert "Hello Marc" in copies[1].text and "/t/c/" not in copies[1].html  # the content, not links
+        execution = session.scalars(select(Execution)).one()
+        for name, greeting in (("Woman, 30", "Dear Anna"), ("Man, 40", "Dear Marc")):
+            shown = reports.choose_content(session, execution, store.get_profile(session, name))
+            assert shown.source == "test-profile" and greeting in shown.html and shown.variant.id == variant.id
+    with sessions.begin() as session:  # a deleted profile takes its copies along
+        store.delete_profile(session, "Man, 40")
+    with sessions() as session:
+        assert len(session.scalars(select(ProfileCopy)).all()) == 1
 
 
 def test_samples_from_real_recipients_can_be_switched_off(engine, relay_config, upstream, sessions):
