@@ -261,6 +261,7 @@ class HotClicks:
 
         from . import cli, reports, tracking
 
+        app.url_map.converters["hotclicks_token"] = tracking.AnyTokenConverter
         app.register_blueprint(tracking.blueprint, url_prefix=tracking_prefix or None)
         app.register_blueprint(
             reports.blueprint, url_prefix=config["HOTCLICKS_REPORT_PREFIX"].rstrip("/") or None

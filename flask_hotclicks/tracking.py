@@ -2,7 +2,8 @@
 
 They are on the path of every click, so they do little: check the signature (no database work for
 a bad one), judge the request with the core's bot rules, record (one lean transaction, or one
-journal append), answer. A bad token gets a 404 page, never a 500 and never a redirect.
+journal append), answer. A bad token gets a 404 page, never a 500 and never a redirect; so does
+a link cut short or with anything else after the prefix (:class:`AnyTokenConverter`).
 
 ====================  ======================================================================
 ``/c/<token>``        GET: record the click, 302 to the target. HEAD: 302, nothing recorded.
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request
+from werkzeug.routing import BaseConverter
 from sqlalchemy.orm import Session
 
 from hotclicks import bots
@@ -48,6 +50,14 @@ from .extension import HotClicksState, get_state
 log = logging.getLogger("flask_hotclicks")
 
 blueprint = Blueprint("hotclicks_tracking", __name__, template_folder="templates")
+
+
+class AnyTokenConverter(BaseConverter):
+    """Any text after the route's prefix, slashes and newlines too: whatever a mail client did
+    to a link reaches the route and gets the "not valid" page, not the host app's 404."""
+
+    regex = r"(?s:.+)"
+    part_isolating = False
 
 #: The open pixel: a transparent 1x1 GIF.
 PIXEL_GIF = bytes.fromhex(
@@ -104,13 +114,16 @@ _anonymize_ip = functools.lru_cache(maxsize=8192)(anonymize_ip)
 def _client(state: HotClicksState) -> tuple[str | None, str | None]:
     """The user agent and address to store, as the privacy settings allow."""
     user_agent = request.headers.get("User-Agent") or None if state.store_user_agent else None
+    if user_agent is not None and "\x00" in user_agent:  # PostgreSQL refuses NUL in text
+        user_agent = user_agent.replace("\x00", "") or None
     ip: str | None = None
     if state.store_ip:
         ip = _anonymize_ip(request.remote_addr) if state.anonymize_ip else request.remote_addr
     return user_agent, ip
 
 
-@blueprint.route("/c/<token>", methods=["GET", "HEAD"])
+@blueprint.route("/c/", defaults={"token": ""}, methods=["GET", "HEAD"])
+@blueprint.route("/c/<hotclicks_token:token>", methods=["GET", "HEAD"])
 def click(token: str) -> Any:
     state = _state()
     signed = _unsign(state, token, TokenKind.CLICK)
@@ -146,7 +159,8 @@ def click(token: str) -> Any:
     return response
 
 
-@blueprint.route("/o/<token>")
+@blueprint.route("/o/", defaults={"token": ""})
+@blueprint.route("/o/<hotclicks_token:token>")
 def open_pixel(token: str) -> Any:
     state = _state()
     signed = _unsign(state, token, TokenKind.OPEN)
@@ -189,7 +203,8 @@ def _preferences_of(token: str) -> Iterator[tuple[Session, Recipient, Token] | N
         yield None if recipient is None else (session, recipient, signed)
 
 
-@blueprint.route("/u/<token>", methods=["GET", "POST"])
+@blueprint.route("/u/", defaults={"token": ""}, methods=["GET", "POST"])
+@blueprint.route("/u/<hotclicks_token:token>", methods=["GET", "POST"])
 def unsubscribe_page(token: str) -> Any:
     """GET never unsubscribes (link scanners follow links); POST does, or resubscribes."""
     with _preferences_of(token) as found:
@@ -218,7 +233,8 @@ def unsubscribe_page(token: str) -> Any:
     )
 
 
-@blueprint.route("/n/<token>", methods=["GET", "POST"])
+@blueprint.route("/n/", defaults={"token": ""}, methods=["GET", "POST"])
+@blueprint.route("/n/<hotclicks_token:token>", methods=["GET", "POST"])
 def tracking_opt_out_page(token: str) -> Any:
     """The recipient's tracking opt-out: afterwards their clicks count, anonymously."""
     with _preferences_of(token) as found:

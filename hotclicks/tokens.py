@@ -15,6 +15,7 @@ import binascii
 import enum
 import hashlib
 import hmac
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ MAX_TOKEN_LENGTH = 8192
 #: Shortest secret key accepted, in bytes.
 MIN_KEY_SIZE = 16
 _DERIVATION_LABEL = b"hotclicks/tracking-token/v1"
+#: What :meth:`TokenSigner.sign` writes: base64url without padding.
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class TokenKind(enum.IntEnum):
@@ -118,10 +121,17 @@ class TokenSigner:
         """The token ``value`` stands for; ``InvalidToken`` unless a key of ours signed it."""
         if not value or len(value) > MAX_TOKEN_LENGTH:
             raise InvalidToken("empty or oversized token")
+        # base64 decoding is lenient (it skips junk, accepts "+/" and padding, ignores the last
+        # character's unused bits): only the exact text we wrote is a token, so a link has one
+        # spelling and an altered one is refused.
+        if not _TOKEN_TEXT.fullmatch(value):
+            raise InvalidToken("not base64url")
         try:
             raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         except (binascii.Error, ValueError):
             raise InvalidToken("not base64url") from None
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != value:
+            raise InvalidToken("not base64url as we write it")
         if len(raw) <= TAG_SIZE:
             raise InvalidToken("too short")
         payload, tag = raw[:-TAG_SIZE], raw[-TAG_SIZE:]
