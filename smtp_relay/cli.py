@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hotclicks import db
+from hotclicks import db, store
 from hotclicks.errors import ConfigurationError
 
 from .auth import hash_password
@@ -78,7 +78,7 @@ class _Option:
 
 #: Every setting of the relay, in the order ``--help`` shows them (docs/relay.md mirrors this).
 OPTIONS = (
-    _Option("listen", "--listen", "LISTEN", DEFAULT_LISTEN, "HOST:PORT to accept mail on; any address but loopback needs --auth-file or --allow-networks", metavar="HOST:PORT"),
+    _Option("listen", "--listen", "LISTEN", DEFAULT_LISTEN, "HOST:PORT to accept mail on; any address but loopback needs --auth-file, --auth-database or --allow-networks", metavar="HOST:PORT"),
     _Option("upstream", "--upstream", "UPSTREAM", DEFAULT_UPSTREAM, "HOST:PORT of the mail server to forward to", metavar="HOST:PORT"),
     _Option("database_url", "--database-url", "DATABASE_URL", db.DEFAULT_DATABASE_URL, "SQLAlchemy URL of the database shared with the Flask app", metavar="URL"),
     _Option("base_url", "--base-url", "BASE_URL", None, "public URL under which the Flask app serves the tracking routes, e.g. https://t.example.com/t (required)", metavar="URL"),
@@ -111,7 +111,14 @@ OPTIONS = (
     _Option("tls_key_file", "--tls-key-file", "TLS_KEY_FILE", None, "private key (PEM) of --tls-cert-file", metavar="FILE"),
     _Option("implicit_tls", "--implicit-tls", "IMPLICIT_TLS", False, "TLS from the first byte (port 465 style) instead of STARTTLS", _bool, boolean=True),
     _Option("auth_file", "--auth-file", "AUTH_FILE", None, "file of user:hash lines for SMTP AUTH PLAIN/LOGIN (see 'hash-password'); needs TLS", metavar="FILE"),
+    _Option("auth_database", "--auth-database", "AUTH_DATABASE", False, "SMTP AUTH PLAIN/LOGIN against the accounts in the database (see 'accounts'); needs TLS", _bool, boolean=True),
+    _Option("auth_max_failures", "--auth-max-failures", "AUTH_MAX_FAILURES", 5, "failed AUTH attempts a client address (IPv6: its /64) may make within --auth-failure-window; then 421 until the oldest ages out", int, metavar="N"),
+    _Option("auth_failure_window", "--auth-failure-window", "AUTH_FAILURE_WINDOW", "15m", "the window in which failed AUTH attempts are counted", _duration, metavar="DURATION"),
+    _Option("auth_failure_delay", "--auth-failure-delay", "AUTH_FAILURE_DELAY", "1s", "pause before answering a failed AUTH", _duration, metavar="DURATION"),
     _Option("allow_networks", "--allow-networks", "ALLOW_NETWORKS", (), "comma-separated client networks allowed to send without AUTH, e.g. 10.0.0.0/8", _list, metavar="CIDRS"),
+    _Option("client_timeout", "--client-timeout", "CLIENT_TIMEOUT", "5m", "disconnect a client that sends nothing for this long (idle, or stopped mid-command or mid-DATA)", _duration, metavar="DURATION"),
+    _Option("max_connections", "--max-connections", "MAX_CONNECTIONS", 1000, "client connections open at once (421 beyond)", int, metavar="N"),
+    _Option("max_connections_per_client", "--max-connections-per-client", "MAX_CONNECTIONS_PER_CLIENT", 100, "client connections open at once from one address (421 beyond)", int, metavar="N"),
     _Option("hostname", "--hostname", "HOSTNAME", None, "name in the SMTP banner and EHLO (default: this machine's FQDN)", metavar="NAME"),
     _Option("log_level", "--log-level", "LOG_LEVEL", "INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
@@ -159,7 +166,52 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("queue", parents=[options], help="list the copies waiting in the spool")
     commands.add_parser("retry", parents=[options], help="ask the running relay to retry every deferred copy now")
     commands.add_parser("hash-password", parents=[options], help="print a password hash for --auth-file (reads the password from stdin)")
+    accounts = commands.add_parser("accounts", parents=[options], help="manage the SMTP AUTH accounts of --auth-database")
+    actions = accounts.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add = actions.add_parser("add", parents=[options], help="add an account; the password is read from a prompt or stdin, never the command line")
+    add.add_argument("login")
+    add.add_argument("--replace", action="store_true", help="set a new password for an existing account (and enable it again)")
+    actions.add_parser("list", parents=[options], help="list the accounts")
+    disable = actions.add_parser("disable", parents=[options], help="disable an account (it can no longer authenticate)")
+    disable.add_argument("login")
     return parser
+
+
+def _read_password() -> str:
+    """From a prompt on a terminal, else the first line of stdin: never from argv (``ps`` shows it)."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise ConfigurationError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise ConfigurationError("empty password (give it on stdin or at the prompt)")
+    return password
+
+
+def run_accounts_command(database_url: str, args: argparse.Namespace) -> None:
+    engine = db.create_db_engine(database_url)
+    try:
+        db.check_migrated(engine)
+        with db.session_factory(engine).begin() as session:
+            try:
+                if args.action == "add":
+                    account = store.add_relay_account(session, args.login, hash_password(_read_password()), replace=args.replace)
+                    print(f"account {account.login!r} {'updated' if args.replace else 'added'}")
+                elif args.action == "disable":
+                    account = store.disable_relay_account(session, args.login)
+                    print(f"account {account.login!r} disabled since {account.disabled_at:%Y-%m-%d %H:%M:%S} UTC")
+                else:
+                    accounts = store.relay_accounts(session)
+                    for account in accounts:
+                        state = f"disabled {account.disabled_at:%Y-%m-%d %H:%M}" if account.disabled_at else "enabled"
+                        print(f"{account.login}  created {account.created_at:%Y-%m-%d %H:%M}  {state}")
+                    print(f"{len(accounts)} accounts")
+            except store.AccountError as exc:
+                raise ConfigurationError(str(exc)) from None
+    finally:
+        engine.dispose()
 
 
 def resolve_settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -254,7 +306,7 @@ async def serve(config: RelayConfig) -> None:
     """Run the relay until SIGTERM or SIGINT; in-flight transactions finish first."""
     handler = build_handler(config)
     loop = asyncio.get_running_loop()
-    kwargs = smtp_kwargs(config)
+    kwargs = smtp_kwargs(config, handler.authenticator)
     ssl_context = _tls_context(config) if config.implicit_tls else None
     try:
         await handler.start()
@@ -292,8 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "retry":
             request_retry(settings["spool_dir"])
         elif args.command == "hash-password":
-            password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
-            print(hash_password(password))
+            print(hash_password(_read_password()))
+        elif args.command == "accounts":
+            run_accounts_command(settings["database_url"], args)
         else:
             asyncio.run(serve(config_from_settings(settings)))
     except ConfigurationError as exc:

@@ -113,8 +113,22 @@ class RelayConfig:
     implicit_tls: bool = False
     #: Client credentials: a file of ``user:hash`` lines (``hotclicks-relay hash-password``).
     auth_file: str | None = None
+    #: Client credentials: the database's relay accounts (``hotclicks-relay accounts add``).
+    auth_database: bool = False
+    #: Failed AUTH attempts a client address (an IPv6 /64) may make in ``auth_failure_window``;
+    #: beyond them its AUTH is answered 421 and the connection closed until the oldest ages out.
+    auth_max_failures: int = 5
+    auth_failure_window: dt.timedelta = dt.timedelta(minutes=15)
+    #: Pause before answering a failed AUTH (the connection waits, the relay does not).
+    auth_failure_delay: dt.timedelta = dt.timedelta(seconds=1)
     #: Client networks allowed to send without AUTH (anything else must authenticate).
     allow_networks: tuple[str, ...] = ()
+    #: A client that sends nothing for this long (idle, or stopped in the middle of a command or
+    #: of DATA) is disconnected, freeing its slot. RFC 5321 asks servers to wait 5 minutes.
+    client_timeout: dt.timedelta = dt.timedelta(minutes=5)
+    #: Client connections open at once, in all and from one address; more are answered 421.
+    max_connections: int = 1000
+    max_connections_per_client: int = 100
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
@@ -145,24 +159,37 @@ class RelayConfig:
             raise ConfigurationError("TLS needs both --tls-cert-file and --tls-key-file")
         if self.implicit_tls and not self.tls_cert_file:
             raise ConfigurationError("--implicit-tls needs --tls-cert-file and --tls-key-file")
-        if self.auth_file and not self.tls_cert_file:
+        if self.auth_file and self.auth_database:
+            raise ConfigurationError("choose one source of SMTP AUTH credentials: --auth-file or --auth-database")
+        if self.auth_configured and not self.tls_cert_file:
+            which = "--auth-file" if self.auth_file else "--auth-database"
             raise ConfigurationError(
-                "--auth-file needs --tls-cert-file and --tls-key-file: passwords are only "
+                f"{which} needs --tls-cert-file and --tls-key-file: passwords are only "
                 "accepted over STARTTLS or implicit TLS"
             )
         if bool(self.upstream_username) != bool(self.upstream_password):
             raise ConfigurationError("upstream AUTH needs both --upstream-username and --upstream-password")
-        for name in ("max_message_size", "max_recipients", "upstream_connections"):
+        for name in (
+            "max_message_size", "max_recipients", "upstream_connections", "auth_max_failures",
+            "max_connections", "max_connections_per_client",
+        ):
             if getattr(self, name) < 1:
-                raise ConfigurationError(f"{name.replace('_', '-')} must be at least 1")
+                raise ConfigurationError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("client_timeout", "auth_failure_window"):
+            if getattr(self, name) <= dt.timedelta(0):
+                raise ConfigurationError(f"--{name.replace('_', '-')} must be longer than 0 s")
         self.networks  # validates
-        if not is_loopback(self.listen[0]) and not (self.auth_file or self.allow_networks):
+        if not is_loopback(self.listen[0]) and not (self.auth_configured or self.allow_networks):
             raise ConfigurationError(
                 f"refusing to listen on {self.listen[0]}: anyone who can reach it could send mail "
                 "through the relay (an open relay). Listen on 127.0.0.1 (the default), or configure "
-                "SMTP AUTH (--auth-file with --tls-cert-file/--tls-key-file) or the client networks "
+                "SMTP AUTH (--auth-file or --auth-database, with --tls-cert-file/--tls-key-file) or the client networks "
                 "allowed to send (--allow-networks 10.0.0.0/8,...)."
             )
+
+    @property
+    def auth_configured(self) -> bool:
+        return bool(self.auth_file or self.auth_database)
 
     @property
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

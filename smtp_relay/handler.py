@@ -13,11 +13,15 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from collections import Counter
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from sqlalchemy.exc import SQLAlchemyError
 
 from hotclicks.models import utcnow
 
+from .auth import Authenticator, AuthThrottle, client_key
 from .config import RelayConfig
 from .delivery import Deliverer
 from .processing import MessageProcessor, Prepared
@@ -33,6 +37,10 @@ REPLY_DATABASE_UNAVAILABLE = "451 4.3.0 Tracking database unavailable, try again
 REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 REPLY_RELAY_DENIED = "550 5.7.1 Relaying denied: authenticate first or send from an allowed network"
 REPLY_SHUTTING_DOWN = "421 4.3.2 Relay shutting down, try again later"
+REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+REPLY_TOO_MANY_FROM_CLIENT = "421 4.7.0 Too many connections from your address, try again later"
+REPLY_AUTH_THROTTLED = "421 4.7.0 Too many failed authentication attempts, try again later"
+REPLY_AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure, try again later"
 
 #: Threads accepting transactions (rewriting, recording, fsyncing). Most of their time is spent
 #: waiting for a disk or the database, so more than asyncio's default of CPUs + 4.
@@ -42,20 +50,165 @@ ACCEPT_THREADS = 32
 _PASSED_MAIL_OPTIONS = ("SMTPUTF8", "BODY=8BITMIME")
 
 
+class _PendingAuth(AuthResult):
+    """Credentials aiosmtpd parsed, not checked yet: :class:`RelaySMTP` checks them in a thread."""
+
+    def __init__(self, login: bytes, password: bytes) -> None:
+        super().__init__(success=False, handled=False)
+        self.login, self.password = login, password
+
+
 class RelaySMTP(SMTP):
-    """aiosmtpd's SMTP, accepting the long lines real mail has (some exceed RFC 5322's 998)."""
+    """aiosmtpd's SMTP with what a relay facing strangers needs.
+
+    - the long lines real mail has (some exceed RFC 5322's 998);
+    - a connection limit, in all and per client (421 beyond it), checked before the greeting;
+    - an idle timeout that counts from the last byte received (aiosmtpd's counts from the last
+      command, which would cut a slow but steady DATA), paused while the handler works;
+    - AUTH checked in a thread (scrypt and the database never block the loop), failures logged
+      with the client and login and throttled per client (:class:`~smtp_relay.auth.AuthThrottle`).
+    """
 
     line_length_limit = 256 * 1024
+
+    def __init__(self, handler: RelayHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.relay = handler
+        self.client: str | None = None  #: the client's address once admitted
+        self._last_received = 0.0
+        self._busy = 0
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:  # the connection itself, not its STARTTLS layer
+            peer = transport.get_extra_info("peername")
+            host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+            refusal = self.relay.admit(self, host)
+            if refusal is not None:
+                log.warning("connection from %s refused: %s", host, refusal)
+                transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self.client = host
+        self._last_received = self.loop.time()
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.client is None:  # refused: aiosmtpd never saw it
+            return
+        self.relay.release(self)
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_received = self.loop.time()
+        super().data_received(data)
+
+    def _timeout_cb(self) -> None:
+        quiet = self.loop.time() - self._last_received
+        if self._busy or quiet < self._timeout_duration:
+            self._reset_timeout(max(self._timeout_duration - quiet, 0.05) if not self._busy else None)
+            return
+        log.info("%s disconnected: nothing received for %.0f s", self.client, quiet)
+        super()._timeout_cb()
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        self._busy += 1
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            self._busy -= 1
+            self._last_received = self.loop.time()
+
+    def in_transaction(self) -> bool:
+        """Whether a MAIL was accepted and its DATA not finished (nor the transaction reset)."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    async def close_with(self, reply: str) -> None:
+        """Say ``reply`` (a 421) and hang up."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            await asyncio.wait_for(self.push(reply), 1)
+        except (OSError, asyncio.TimeoutError):
+            pass
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- AUTH ----------------------------------------------------------------------------------
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        assert self.session is not None and self.client is not None
+        wait = self.relay.login_throttle.retry_after(client_key(self.client), self.loop.time())
+        if wait > 0 and not self.session.authenticated:
+            log.warning("AUTH from %s refused: too many failed attempts (again in %.0f s)", self.client, wait)
+            await self.close_with(REPLY_AUTH_THROTTLED)
+            return
+        await super().smtp_AUTH(arg)
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        # Only parsed here; checked in _checked, off the loop.
+        return _PendingAuth(auth_data.login, auth_data.password)
+
+    async def auth_PLAIN(self, server: Any, args: list[str]) -> AuthResult:
+        return await self._checked("PLAIN", await super().auth_PLAIN(server, args))
+
+    async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
+        return await self._checked("LOGIN", await super().auth_LOGIN(server, args))
+
+    async def _checked(self, mechanism: str, parsed: AuthResult) -> AuthResult:
+        if not isinstance(parsed, _PendingAuth):  # malformed or aborted: already answered
+            return parsed
+        assert self.client is not None
+        login = parsed.login.decode("utf-8", "replace")
+        key = client_key(self.client)
+        throttle, started = self.relay.login_throttle, self.loop.time()
+        if not throttle.attempt(key, started):
+            log.warning("AUTH from %s refused: too many failed attempts", self.client)
+            await self.close_with(REPLY_AUTH_THROTTLED)
+            return AuthResult(success=False, handled=True)
+        authenticator = self.relay.authenticator
+        try:
+            ok = authenticator is not None and await self.loop.run_in_executor(
+                None, authenticator.check, login, parsed.password.decode("utf-8", "replace")
+            )
+        except SQLAlchemyError as exc:
+            throttle.succeeded(key, started)  # not the client's failure
+            log.error("AUTH from %s for %r not checked: the database is unavailable (%s)", self.client, login[:200], exc)
+            return AuthResult(success=False, handled=False, message=REPLY_AUTH_UNAVAILABLE)
+        if ok:
+            throttle.succeeded(key, started)
+            log.info("AUTH %s from %s as %r", mechanism, self.client, login[:200])
+            return AuthResult(success=True, auth_data=login)
+        log.warning(
+            "failed AUTH %s from %s for login %r (%d of %d failures allowed in %s)",
+            mechanism, self.client, login[:200], throttle.failures(key), throttle.max_failures,
+            self.relay.config.auth_failure_window,
+        )
+        await asyncio.sleep(self.relay.config.auth_failure_delay.total_seconds())
+        return AuthResult(success=False, handled=False)
 
 
 class RelayHandler:
     """The relay's aiosmtpd handler; owns the spool and the deliverer."""
 
-    def __init__(self, config: RelayConfig, processor: MessageProcessor, spool: Spool) -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        processor: MessageProcessor,
+        spool: Spool,
+        authenticator: Authenticator | None = None,
+    ) -> None:
         self.config = config
         self.processor = processor
         self.spool = spool
         self.deliverer = Deliverer(config, spool, processor)
+        self.authenticator = authenticator
+        #: Not named auth_...: aiosmtpd takes every auth_* attribute of a handler for a mechanism.
+        self.login_throttle = AuthThrottle(config.auth_max_failures, config.auth_failure_window.total_seconds())
+        #: Client connections open now, and how many per client address.
+        self.connections: set[RelaySMTP] = set()
+        self._per_client: Counter[str] = Counter()
         self._networks = config.networks
         self._in_flight = 0
         self._closing = False
@@ -68,17 +221,48 @@ class RelayHandler:
         await self.deliverer.start()
 
     async def stop(self, timeout: float = 30.0) -> None:
-        """Refuse new mail, let transactions in flight finish, stop delivering; the rest waits in
-        the spool for the next start."""
+        """Refuse new connections and transactions, let the transactions in flight finish (a
+        client in the middle of DATA completes it and is answered), hang up on the others with
+        421, send what is ready to go, stop delivering; the rest waits in the spool for the next
+        start. Everything within ``timeout``."""
         self._closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._in_flight and loop.time() < deadline:
+        while loop.time() < deadline:
+            idle = [c for c in self.connections if not c.in_transaction() and not c._busy]
+            await asyncio.gather(*(c.close_with(REPLY_SHUTTING_DOWN) for c in idle))
+            if not self.connections and not self._in_flight:
+                break
+            await asyncio.sleep(0.01)
+        for connection in list(self.connections):  # still in a transaction at the deadline
+            log.warning("%s: transaction not finished at shutdown, connection closed", connection.client)
+            await connection.close_with(REPLY_SHUTTING_DOWN)
+        while self.deliverer.busy() and loop.time() < deadline:
             await asyncio.sleep(0.01)
         await self.deliverer.stop(max(0.0, deadline - loop.time()))
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+
+    def admit(self, connection: RelaySMTP, client: str) -> str | None:
+        """Take a new client connection in, or the 421 reply that refuses it."""
+        if self._closing:
+            return REPLY_SHUTTING_DOWN
+        if len(self.connections) >= self.config.max_connections:
+            return REPLY_TOO_MANY_CONNECTIONS
+        if self._per_client[client] >= self.config.max_connections_per_client:
+            return REPLY_TOO_MANY_FROM_CLIENT
+        self.connections.add(connection)
+        self._per_client[client] += 1
+        return None
+
+    def release(self, connection: RelaySMTP) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            assert connection.client is not None
+            self._per_client[connection.client] -= 1
+            if not self._per_client[connection.client]:
+                del self._per_client[connection.client]
 
     def idle(self) -> bool:
         return not self._in_flight and not self.deliverer.busy()

@@ -12,7 +12,7 @@ from aiosmtpd.controller import Controller
 from hotclicks import db
 from hotclicks.tokens import TokenSigner
 
-from .auth import FileAuthenticator
+from .auth import Authenticator, DatabaseAuthenticator, FileAuthenticator
 from .config import RelayConfig, is_loopback
 from .dkim import DkimSigner
 from .handler import RelayHandler, RelaySMTP
@@ -30,6 +30,7 @@ def build_handler(config: RelayConfig, *, check_database: bool = True) -> RelayH
         if config.dkim_key_file
         else None
     )
+    authenticator: Authenticator | None = FileAuthenticator(config.auth_file) if config.auth_file else None
     engine = db.create_db_engine(config.database_url)
     try:
         if check_database:
@@ -37,10 +38,13 @@ def build_handler(config: RelayConfig, *, check_database: bool = True) -> RelayH
     except Exception:
         engine.dispose()
         raise
+    sessions = db.session_factory(engine)
+    if config.auth_database:
+        authenticator = DatabaseAuthenticator(sessions)
     spool = Spool(config.spool_dir)
     spool.open()
-    processor = MessageProcessor(config, db.session_factory(engine), signer, dkim_signer=dkim_signer)
-    return RelayHandler(config, processor, spool)
+    processor = MessageProcessor(config, sessions, signer, dkim_signer=dkim_signer)
+    return RelayHandler(config, processor, spool, authenticator)
 
 
 def _tls_context(config: RelayConfig) -> ssl.SSLContext | None:
@@ -58,9 +62,9 @@ def _tls_context(config: RelayConfig) -> ssl.SSLContext | None:
     return context
 
 
-def smtp_kwargs(config: RelayConfig) -> dict[str, Any]:
+def smtp_kwargs(config: RelayConfig, authenticator: Authenticator | None = None) -> dict[str, Any]:
     """How the relay's SMTP server behaves: bytes untouched, 8BITMIME and SMTPUTF8, a size limit,
-    AUTH only over TLS and required when the listening address is not loopback."""
+    an idle timeout, AUTH only over TLS and required when the listening address is not loopback."""
     context = _tls_context(config)
     kwargs: dict[str, Any] = {
         "data_size_limit": config.max_message_size,
@@ -68,13 +72,16 @@ def smtp_kwargs(config: RelayConfig) -> dict[str, Any]:
         "decode_data": False,
         "hostname": config.hostname or socket.getfqdn(),
         "ident": "HotClicks relay",
-        "auth_require_tls": True,  # never offer AUTH in plaintext
+        "timeout": config.client_timeout.total_seconds(),
+        # Never offer AUTH in plaintext. With implicit TLS every byte is encrypted already, but
+        # aiosmtpd only knows about STARTTLS, so it is told not to ask for it.
+        "auth_require_tls": not config.implicit_tls,
     }
     if context is not None and not config.implicit_tls:
         kwargs["tls_context"] = context
         kwargs["require_starttls"] = not is_loopback(config.listen[0])
-    if config.auth_file:
-        kwargs["authenticator"] = FileAuthenticator(config.auth_file)
+    if authenticator is not None:
+        kwargs["authenticator"] = authenticator
         # Without an allow-list, a client on a non-loopback address must authenticate.
         kwargs["auth_required"] = not config.allow_networks and not is_loopback(config.listen[0])
     return kwargs
@@ -89,12 +96,13 @@ class RelayController(Controller):
 
     def __init__(self, config: RelayConfig, handler: RelayHandler | None = None) -> None:
         self.config = config
-        kwargs = smtp_kwargs(config)
+        handler = handler or build_handler(config)
+        kwargs = smtp_kwargs(config, handler.authenticator)
         ssl_context = None
         if config.implicit_tls:
             ssl_context = _tls_context(config)
         super().__init__(
-            handler or build_handler(config),
+            handler,
             hostname=config.listen[0],
             port=config.listen[1],
             server_hostname=kwargs.pop("hostname"),
