@@ -32,16 +32,21 @@ from hotclicks.models import Message, MessageStatus, Recipient
 from .conftest import free_port
 from .helpers import NEWSLETTER_LINKS, newsletter, tracked_hrefs
 
-POSTFIX = shutil.which("postfix") or shutil.which("postfix", path="/usr/sbin:/usr/local/sbin")
-if POSTFIX is None:
-    pytest.skip("Postfix is not installed (apt-get install postfix)", allow_module_level=True)
-if os.geteuid() != 0:
-    pytest.skip("a private Postfix instance must be started as root", allow_module_level=True)
-try:
-    pwd.getpwnam("postfix")
-except KeyError:
-    pytest.skip("Postfix's mail_owner user 'postfix' does not exist", allow_module_level=True)
+POSTFIX = shutil.which("postfix") or shutil.which("postfix", path="/usr/sbin:/usr/local/sbin") or "postfix"
 POSTQUEUE = str(Path(POSTFIX).with_name("postqueue"))
+
+
+def why_postfix_cannot_run() -> str | None:
+    if not Path(POSTFIX).is_file():
+        return "Postfix is not installed (apt-get install postfix)"
+    if os.geteuid() != 0:
+        return "a private Postfix instance must be started as root"
+    try:
+        pwd.getpwnam("postfix")
+    except KeyError:
+        return "Postfix's mail_owner user 'postfix' does not exist"
+    return None
+
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDES = [ROOT / "README.md", ROOT / "docs" / "relay.md"]
@@ -151,7 +156,8 @@ class PostfixInstance:
     def start(self) -> None:
         for action in ("check", "start"):
             done = self.run(action)
-            assert done.returncode == 0, f"postfix {action} failed: {done.stdout}{done.stderr}{self.log()}"
+            output = done.stdout + done.stderr + self.log()
+            assert done.returncode == 0, f"postfix {action} failed: {output}"
 
     def flush(self) -> None:
         self.run("-f", command=POSTQUEUE)
@@ -212,6 +218,9 @@ def ports() -> Ports:
 @pytest.fixture
 def postfix(setup: Setup, ports: Ports, upstream) -> Iterator[PostfixInstance]:
     """Postfix configured as the guide says, the sink standing for the recipients' server."""
+    reason = why_postfix_cannot_run()
+    if reason:
+        pytest.skip(reason)
     blocks = guide_blocks()
 
     def guide(names: tuple[str, ...]) -> str:
@@ -259,7 +268,9 @@ message_size_limit = 200000
 @pytest.fixture
 def relay_config(relay_config, setup: Setup, ports: Ports, upstream, postfix):
     """The relay on the port Postfix sends to, forwarding as the guide says (Postfix up first)."""
-    target = ("127.0.0.1", ports.postfix_return) if setup.returns_to_postfix else (upstream.hostname, upstream.port)
+    target = (upstream.hostname, upstream.port)
+    if setup.returns_to_postfix:
+        target = ("127.0.0.1", ports.postfix_return)
     return dataclasses.replace(relay_config, listen=("127.0.0.1", ports.relay), upstream=target)
 
 
@@ -287,6 +298,13 @@ def wait_for_sink(upstream, count: int, postfix: PostfixInstance) -> None:
 def without_received(data: bytes) -> bytes:
     """The message without the Received headers Postfix put on top of it."""
     return re.sub(rb"\A(Received: [^\r\n]*\r\n([ \t][^\r\n]*\r\n)*)+", b"", data)
+
+
+def test_the_readme_shows_both_setups_as_docs_relay_md_does():
+    readme, docs = excerpts(GUIDES[0]), excerpts(GUIDES[1])
+    assert set(readme) == {"relayhost/main.cf", "content-filter/main.cf", "content-filter/master.cf"}
+    assert all(docs[name] == text for name, text in readme.items())
+    assert {name for setup in SETUPS.values() for name in setup.main_cf + setup.master_cf} <= set(docs)
 
 
 def test_a_newsletter_sent_to_postfix_reaches_each_recipient_with_tracked_links(
