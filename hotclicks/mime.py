@@ -75,6 +75,8 @@ _CONTENT_FIELD = re.compile(
 )
 #: Words for locating changes: runs of URL-ish bytes, and runs of what ends a URL.
 _WORDS = re.compile(rb"[^\s\"'<>]+|[\s\"'<>]+")
+#: Bytes after a changed word that must be equal on both sides to take up the walk again.
+_RESYNC = 16
 #: Bytes a quoted-printable line may carry literally (RFC 2045 6.7): tab, space, 33-60, 62-126.
 _QP_UNSAFE = re.compile(rb"[^\t !-<>-~]")
 _B64_ALPHABET = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
@@ -659,6 +661,61 @@ def _qp_flush(
 def _changes(old: bytes, new: bytes) -> list[tuple[int, int, int, int]]:
     """Where ``new`` differs from ``old``: (old start, old end, new start, new end), in order.
 
+    A rewrite replaces words (a URL is one word: it ends at whitespace, a quote or an angle
+    bracket) and leaves the rest alone, so both are walked together: past the common bytes,
+    a difference runs to the end of its word when what follows the word is the same on both
+    sides again. That costs a few comparisons per change, not a pass over every line. From a
+    difference that does not resynchronise so (an insertion of several words, like an open
+    pixel), the rest is compared line by line (:func:`_changes_by_lines`).
+    """
+    changes: list[tuple[int, int, int, int]] = []
+    o = n = 0
+    while True:
+        same = _same_from(old, o, new, n)
+        o += same
+        n += same
+        if o == len(old) and n == len(new):
+            return changes
+        if o < len(old) and n < len(new):
+            o_end = _WORDS.match(old, o).end()  # type: ignore[union-attr]
+            n_end = _WORDS.match(new, n).end()  # type: ignore[union-attr]
+            if old[o_end : o_end + _RESYNC] == new[n_end : n_end + _RESYNC]:
+                suffix = _common_suffix(old[o:o_end], new[n:n_end], min(o_end - o, n_end - n))
+                changes.append((o, o_end - suffix, n, n_end - suffix))
+                o, n = o_end, n_end
+                continue
+        changes.extend(
+            (o + o1, o + o2, n + n1, n + n2) for o1, o2, n1, n2 in _changes_by_lines(old[o:], new[n:])
+        )
+        return changes
+
+
+def _same_from(a: bytes, i: int, b: bytes, j: int) -> int:
+    """Length of the common prefix of ``a[i:]`` and ``b[j:]``: growing slices compared (in C),
+    then a bisection of the one that differs, so the cost follows the distance to the change."""
+    limit = min(len(a) - i, len(b) - j)
+    done = 0
+    step = 256
+    while done < limit:
+        size = min(step, limit - done)
+        if a[i + done : i + done + size] == b[j + done : j + done + size]:
+            done += size
+            step *= 2
+            continue
+        lo, hi = 0, size - 1  # common bytes within this chunk
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if a[i + done : i + done + mid] == b[j + done : j + done + mid]:
+                lo = mid
+            else:
+                hi = mid - 1
+        return done + lo
+    return limit
+
+
+def _changes_by_lines(old: bytes, new: bytes) -> list[tuple[int, int, int, int]]:
+    """Where ``new`` differs from ``old``, found line by line.
+
     The common head and tail are cut off first; of the rest, lines are compared, then the
     words of each differing run of lines (a URL is one word: it ends at whitespace, a quote or
     an angle bracket), then the bytes of each differing run of words. A rewrite of the URLs of
@@ -693,17 +750,56 @@ def _diff(old: list[bytes], new: list[bytes]) -> list[tuple[int, int, int, int]]
     if old_end == new_end:  # same count: items pair up (the usual case of a URL rewrite)
         runs = [(i, i + 1, i, i + 1) for i in range(head, old_end) if old[i] != new[i]]
     else:
-        matcher = difflib.SequenceMatcher(None, old[head:old_end], new[head:new_end])
-        runs = [
-            (i1 + head, i2 + head, j1 + head, j2 + head)
-            for tag, i1, i2, j1, j2 in matcher.get_opcodes()
-            if tag != "equal"
-        ]
+        runs = _align(old, new, head, old_end, head, new_end)
     if not runs:
         return []
     old_starts = [0, *accumulate(map(len, old))]
     new_starts = [0, *accumulate(map(len, new))]
     return [(old_starts[i1], old_starts[i2], new_starts[j1], new_starts[j2]) for i1, i2, j1, j2 in runs]
+
+
+def _align(
+    old: list[bytes], new: list[bytes], i: int, i_end: int, j: int, j_end: int
+) -> list[tuple[int, int, int, int]]:
+    """Index ranges (old start, old end, new start, new end) of the differing runs of items.
+
+    A rewrite changes items in place and inserts a few (an open pixel): walking both lists and,
+    at each difference, looking for the nearest pair of equal items finds that in linear time,
+    where ``difflib`` takes milliseconds on a long part. Any alignment of equal items gives a
+    correct splice; a stretch where nothing matches nearby goes to ``difflib`` to stay minimal.
+    """
+    runs: list[tuple[int, int, int, int]] = []
+    while i < i_end and j < j_end:
+        if old[i] == new[j]:
+            i += 1
+            j += 1
+            continue
+        sync = _next_equal(old, new, i, i_end, j, j_end)
+        if sync is None:
+            matcher = difflib.SequenceMatcher(None, old[i:i_end], new[j:j_end])
+            runs.extend(
+                (i1 + i, i2 + i, j1 + j, j2 + j)
+                for tag, i1, i2, j1, j2 in matcher.get_opcodes()
+                if tag != "equal"
+            )
+            return runs
+        runs.append((i, sync[0], j, sync[1]))
+        i, j = sync
+    if i < i_end or j < j_end:
+        runs.append((i, i_end, j, j_end))
+    return runs
+
+
+def _next_equal(
+    old: list[bytes], new: list[bytes], i: int, i_end: int, j: int, j_end: int, reach: int = 48
+) -> tuple[int, int] | None:
+    """The equal pair (old index, new index) after a difference at (``i``, ``j``) that is nearest
+    (fewest items skipped on both sides together), within ``reach``; None if there is none."""
+    for distance in range(1, reach + 1):
+        for skip_old in range(max(0, distance - (j_end - j - 1)), min(distance, i_end - i - 1) + 1):
+            if old[i + skip_old] == new[j + distance - skip_old]:
+                return i + skip_old, j + distance - skip_old
+    return None
 
 
 def _lines(data: bytes) -> list[bytes]:
