@@ -156,6 +156,12 @@ class _Row:
     suppressed: bool
 
 
+def _storable(text: str) -> str:
+    """``text`` as a database can store it: bytes the part's charset could not decode (carried
+    as lone surrogates) become U+FFFD."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def _mailto_of(list_unsubscribe: str | None) -> str | None:
     """The sender's own mailto unsubscribe address, kept beside ours."""
     for target in _ANGLE.findall(list_unsubscribe or ""):
@@ -282,6 +288,8 @@ class MessageProcessor:
                 found = rewrite.find_html_links(part.text, **self._link_options)
             else:
                 found = rewrite.find_text_links(part.text, **self._link_options)
+            # A target with undecodable bytes cannot be stored nor signed faithfully: left alone.
+            found = [link for link in found if _storable(link.key) == link.key and _storable(link.url) == link.url]
             scanned.append(_ScannedPart(part, PART_NAMES[part.subtype], found))
         return scanned
 
@@ -299,14 +307,14 @@ class MessageProcessor:
                 key=link.key,
                 url=rewrite.canonical_url(link.url, self.config.personal_params),
                 name=link.name,
-                label=link.label,
+                label=_storable(link.label),
                 position=link.index,
             )
             for s in scanned
             for link in s.links
         ]
-        sample_html = next((s.part.text for s in scanned if s.name == "html"), None)
-        sample_text = next((s.part.text for s in scanned if s.name == "text"), None)
+        sample_html = next((_storable(s.part.text) for s in scanned if s.name == "html"), None)
+        sample_text = next((_storable(s.part.text) for s in scanned if s.name == "text"), None)
         job = _Job(
             marks=marks,
             recipients=recipients,
@@ -463,7 +471,7 @@ class MessageProcessor:
             if facts[address.lower()].profile_id is not None and row["status"] is not MessageStatus.SUPPRESSED
         ]
         if copies:
-            connection.execute(insert(ProfileCopy.__table__), copies)
+            connection.execute(insert(ProfileCopy), copies)
         _add_incidents(session, job.incidents)
         session.flush()
         if known_variant is not None:

@@ -23,8 +23,11 @@ from smtp_relay.auth import AuthThrottle, check_password, client_key
 from smtp_relay.cli import main
 from smtp_relay.handler import REPLY_AUTH_THROTTLED
 
+from . import test_relay_security
 from .helpers import newsletter
-from .test_relay_security import certificate, client_context  # noqa: F401 - the fixture
+from .test_relay_security import client_context
+
+certificate = test_relay_security.certificate  # the self-signed certificate fixture, shared
 
 PASSWORD = "correct horse battery staple"
 
@@ -55,7 +58,7 @@ def running(config):
 
 
 @pytest.fixture
-def auth_config(relay_config, certificate):  # noqa: F811 - the fixture imported above
+def auth_config(relay_config, certificate):
     cert, key = certificate
     return replace(relay_config, tls_cert_file=cert, tls_key_file=key, auth_database=True,
                    auth_failure_delay=dt.timedelta(0), allow_networks=("10.0.0.0/8",))
@@ -118,7 +121,7 @@ def test_auth_database_needs_tls_and_not_also_a_file(relay_config, tmp_path):
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_a_database_account_authenticates_over_starttls_a_wrong_or_disabled_one_does_not(
-    mechanism, auth_config, account, upstream, certificate, database_url, capsys, monkeypatch  # noqa: F811
+    mechanism, auth_config, account, upstream, certificate, database_url, capsys, monkeypatch
 ):
     cert, _ = certificate
     with running(auth_config) as relay:
@@ -141,7 +144,7 @@ def test_a_database_account_authenticates_over_starttls_a_wrong_or_disabled_one_
             assert client.mail("app@shop.example")[0] == 550  # not authenticated, not allowed
 
 
-def test_auth_over_implicit_tls(auth_config, account, upstream, certificate):  # noqa: F811
+def test_auth_over_implicit_tls(auth_config, account, upstream, certificate):
     cert, _ = certificate
     with running(replace(auth_config, implicit_tls=True)) as relay:
         with smtplib.SMTP_SSL(*relay.config.listen, timeout=30, context=client_context(cert)) as client:
@@ -154,7 +157,7 @@ def test_auth_over_implicit_tls(auth_config, account, upstream, certificate):  #
 
 
 def test_failed_auth_is_limited_per_client_and_logged_without_the_password(
-    auth_config, account, upstream, certificate, caplog  # noqa: F811
+    auth_config, account, upstream, certificate, caplog
 ):
     cert, _ = certificate
     caplog.set_level(logging.INFO, logger="smtp_relay")
