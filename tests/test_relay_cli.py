@@ -42,6 +42,9 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path):
         (["--base-url", "https://t.example/t", "--secret-key", "k", "--listen", "nope"], "--listen must be HOST:PORT"),
         (["--base-url", "https://t.example/t", "--secret-key", "k", "--max-queue-age", "soon"], "--max-queue-age: 'soon' is not valid"),
         (["--base-url", "https://t.example/t", "--secret-key", "k", "--dkim-selector", "s"], "DKIM signing needs all three"),
+        (["--base-url", "https://t.example/t", "--secret-key", "k", "--auth-database"], "--auth-database needs --tls-cert-file"),
+        (["--base-url", "https://t.example/t", "--secret-key", "k", "--max-connections", "0"], "--max-connections must be at least 1"),
+        (["--base-url", "https://t.example/t", "--secret-key", "k", "--client-timeout", "0s"], "--client-timeout must be longer than 0 s"),
     ],
 )
 def test_a_bad_setting_fails_at_start_saying_what_to_fix(argv, message, capsys, monkeypatch, tmp_path):
