@@ -6,7 +6,7 @@ back in the queue when their next attempt is due. Outcomes go to the database in
 loop, by one writer task.
 
 The order of the bookkeeping after the upstream's 250 is: remove the spool file, then record
-"sent". A crash between the 250 and the removal sends that copy again on restart (the documented
+"sent", both by the writer task's next batch, in a thread. A crash between the 250 and the removal sends that copy again on restart (the documented
 duplicate window); a crash after the removal leaves the row "queued" although the copy went out.
 """
 
@@ -55,6 +55,7 @@ class Deliverer:
         self._sending = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._outcomes: list[tuple[int, MessageStatus, str | None]] = []
+        self._finished: list[SpoolEntry] = []
         self._incidents: list[Incident] = []
         self._counters: list[str] = []
         self._recording = False
@@ -93,7 +94,7 @@ class Deliverer:
             with suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._outcomes or self._incidents or self._counters:
+        if self._finished or self._outcomes or self._incidents or self._counters:
             await self._flush()
 
     # -- feeding and watching ------------------------------------------------------------------
@@ -124,6 +125,7 @@ class Deliverer:
         return bool(
             (self._ready and not self._ready.empty())
             or self._sending
+            or self._finished
             or self._outcomes
             or self._incidents
             or self._counters
@@ -268,10 +270,7 @@ class Deliverer:
             self._defer(entry, reply)
 
     def _done(self, entry: SpoolEntry, status: MessageStatus, reply: str, recipients: list[str]) -> None:
-        try:
-            self.spool.remove(entry)
-        except OSError:
-            log.exception("could not remove spool copy %s; it may be sent again on restart", entry.id)
+        self._finished.append(entry)  # its spool file goes with the next batch, before the outcome
         self._log(entry, status, reply, recipients)
         if entry.message_id is not None:
             self._outcomes.append((entry.message_id, status, reply))
@@ -334,11 +333,11 @@ class Deliverer:
                 self._wake()
 
     async def _flush(self) -> bool:
-        outcomes, incidents, counters = self._outcomes, self._incidents, self._counters
-        self._outcomes, self._incidents, self._counters = [], [], []
+        finished, outcomes, incidents, counters = self._finished, self._outcomes, self._incidents, self._counters
+        self._finished, self._outcomes, self._incidents, self._counters = [], [], [], []
         self._recording = True
         try:
-            await asyncio.to_thread(self.processor.record, outcomes, incidents, counters)
+            await asyncio.to_thread(self._remove_and_record, finished, outcomes, incidents, counters)
             return True
         except SQLAlchemyError:
             log.exception("could not record %d delivery outcomes; will retry", len(outcomes))
@@ -346,6 +345,22 @@ class Deliverer:
             return False
         finally:
             self._recording = False
+
+    def _remove_and_record(
+        self,
+        finished: list[SpoolEntry],
+        outcomes: list[tuple[int, MessageStatus, str | None]],
+        incidents: list[Incident],
+        counters: list[str],
+    ) -> None:
+        """Remove the spool files of copies that are done, then record their outcomes; blocking
+        (file system and database), run off the loop, a batch at a time."""
+        for entry in finished:
+            try:
+                self.spool.remove(entry)
+            except OSError:
+                log.exception("could not remove spool copy %s; it may be sent again on restart", entry.id)
+        self.processor.record(outcomes, incidents, counters)
 
 
 async def _close(client: aiosmtplib.SMTP | None) -> None:
