@@ -285,6 +285,12 @@ class EventJournal:
         fcntl.flock(fd, fcntl.LOCK_EX)  # before it has a name replay looks at
         path = self.directory / (name + SUFFIX)
         os.rename(creating, path)
+        if self.fsync:  # fdatasync keeps a file's data, not its name: the directory keeps that
+            directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         self._fd, self._path, self._size, self._done = fd, path, 0, 0
 
     def _start(self) -> None:

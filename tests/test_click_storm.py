@@ -7,6 +7,8 @@ The full storm is ``python stress/click_storm.py`` (docs/reliability.md has its 
 from __future__ import annotations
 
 import importlib.util
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -86,3 +88,24 @@ def test_a_live_journal_takes_over_the_journal_of_a_dead_process(engine, databas
     finally:
         journal.close()
     assert list(directory.glob("*" + SUFFIX)) == []
+
+
+def test_with_fsync_a_new_journal_file_is_on_disk_by_name_before_a_click_is_answered(
+    engine, sessions, tmp_path, monkeypatch
+):
+    """fdatasync keeps a file's content; after a power loss the file must also still be found."""
+    sent = send(sessions)
+    synced_directories = []
+    fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced_directories.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    journal = EventJournal(tmp_path, sessions, fsync=True, interval=3600)
+    try:
+        journal.append(ClickEvent(sent.message_id, sent.tracked_url_ids[0], utcnow(), "agent", None))
+        assert synced_directories == [True]
+    finally:
+        journal.close()
