@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -107,6 +108,22 @@ def _target(state: HotClicksState, token: Token) -> tuple[str, bool] | None:
     return found
 
 
+#: What a browser's URL parser strips from a URL (tabs and newlines, anywhere) and what cannot
+#: stand in a header as it is (other control characters and spaces, which it percent-encodes).
+_URL_REMOVED = re.compile(r"[\t\n\r]")
+_URL_ENCODED = re.compile(r"[\x00-\x20\x7f]")
+_C0_AND_SPACE = "".join(map(chr, range(0x21)))
+
+
+def _location(target: str) -> str:
+    """``target`` as a Location header: the URL a browser would make of it, never a header
+    split (the relay strips these already; a target written by other means might not)."""
+    if not _URL_ENCODED.search(target):
+        return target
+    cleaned = _URL_REMOVED.sub("", target).strip(_C0_AND_SPACE)
+    return _URL_ENCODED.sub(lambda m: f"%{ord(m.group()):02X}", cleaned)
+
+
 #: Truncating an address parses it; the same few networks click again and again.
 _anonymize_ip = functools.lru_cache(maxsize=8192)(anonymize_ip)
 
@@ -154,7 +171,7 @@ def click(token: str) -> Any:
                 record_clicks(connection, [event], state.rules)  # type: ignore[arg-type]
     if is_trap:
         return Response("", 204, headers=_NO_CACHE)
-    response = redirect(target, code=302)
+    response = redirect(_location(target), code=302)
     response.headers.update(_NO_CACHE)
     return response
 

@@ -15,6 +15,7 @@ import string
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
@@ -300,3 +301,22 @@ def test_raw_hostile_requests_over_http_never_get_a_5xx_or_a_foreign_redirect(en
         thread.join(10)
         server.server_close()
         get_state(app).dispose()
+
+
+def test_a_target_with_control_characters_cannot_split_the_redirect(target, sessions):
+    """The relay strips them from links, but a tracked URL written by other means might keep them:
+    the redirect goes where a browser would take that URL, and never answers a 500."""
+    from hotclicks import links
+    from hotclicks.models import Execution
+    from hotclicks.store import LinkSpec, ensure_tracked_urls
+
+    hostile = "  https://shop.example/a\r\nSet-Cookie: stolen=1\r\n\tb c\x01\x7f "
+    with sessions.begin() as session:
+        execution = session.scalars(select(Execution)).one()
+        (tracked,) = ensure_tracked_urls(session, execution, [LinkSpec("html", "raw", hostile, None, "", 99)]).values()
+        url_id = tracked.id
+    path = urlsplit(links.click_url(TokenSigner(SECRET_KEY), BASE_URL, target.sent.message_id, url_id)).path
+    response, _ = target.get(path)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "https://shop.example/aSet-Cookie:%20stolen=1b%20c%01%7F"
+    assert "Set-Cookie" not in response.headers
