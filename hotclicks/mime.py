@@ -501,7 +501,7 @@ def _charset_decode(data: bytes, charset: str, what: str) -> tuple[str, str, str
             return data.decode("latin-1"), "latin-1", "strict"
     try:
         info = codecs.lookup(charset)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a charset name with a NUL in it
         info = None
     if info is None or not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
         # An unknown charset: ASCII carries every URL; other bytes ride along as surrogates.

@@ -205,7 +205,7 @@ def ensure_tracked_urls(
     )
     found = {(t.part, t.link_key): t for t in session.scalars(query)}
     missing = [spec for ident, spec in wanted.items() if ident not in found]
-    for spec in missing:
+    if missing:  # one executemany: a message may hold many thousands of links
         insert_ignore(
             session,
             TrackedUrl.__table__,
@@ -221,10 +221,10 @@ def ensure_tracked_urls(
                     "position": spec.position,
                     "created_at": utcnow(),
                 }
+                for spec in missing
             ],
             ["execution_id", "part", "key_digest"],
         )
-    if missing:
         found = {(t.part, t.link_key): t for t in session.scalars(query)}
     return {ident: found[ident] for ident in wanted}
 
