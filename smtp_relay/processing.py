@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import multiprocessing
-import os
 import re
 import threading
-import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,90 +173,8 @@ def _mailto_of(list_unsubscribe: str | None) -> str | None:
     return None
 
 
-#: What to put in each rewritable part (by its index): its name and, for each of its links (by
-#: index), the tracked URL's id and the personalized target (None when it is the tracked URL's).
-_Targets = dict[int, tuple[str, list[tuple[int, int, str | None]]]]
-
-
-class _LinkWork:
-    """Finding and rewriting links: the relay's CPU work, without I/O nor database, so that it
-    can run in a process of its own (see :class:`MessageProcessor`)."""
-
-    def __init__(self, config: RelayConfig, signer: TokenSigner) -> None:
-        self.signer = signer
-        self.base_url = config.base_url
-        self.open_pixel = config.open_pixel
-        self.options = {
-            "personal_params": config.personal_params,
-            "excluded_domains": config.excluded_domains,
-            "tracked_prefixes": (config.tracking_base + "/",),
-        }
-
-    def scan(self, raw: bytes) -> list[_ScannedPart]:
-        scanned = []
-        for part in text_parts(raw):
-            if part.subtype == "html":
-                found = rewrite.find_html_links(part.text, **self.options)
-            else:
-                found = rewrite.find_text_links(part.text, **self.options)
-            # A target with undecodable bytes cannot be stored nor signed faithfully: left alone.
-            found = [link for link in found if _storable(link.key) == link.key and _storable(link.url) == link.url]
-            scanned.append(_ScannedPart(part, PART_NAMES[part.subtype], found))
-        return scanned
-
-    def rewrite(self, raw: bytes, targets: _Targets, message_id: int) -> bytes:
-        base = self.base_url
-        pixel = links.open_url(self.signer, base, message_id) if self.open_pixel else None
-
-        def transform(part: TextPart) -> str | None:
-            name, part_targets = targets[part.index]
-            hrefs = {
-                index: links.click_url(self.signer, base, message_id, tracked_url_id, personal)
-                for index, tracked_url_id, personal in part_targets
-            }
-            if name == "html":
-                return rewrite.rewrite_html(part.text, hrefs, pixel_url=pixel, **self.options)
-            if not hrefs:
-                return None
-            return rewrite.rewrite_text(part.text, hrefs, **self.options)
-
-        return rewrite_message(raw, transform)
-
-
-#: The link work of a worker process, set when it starts.
-_worker_links: _LinkWork | None = None
-
-
-def _start_worker(work: _LinkWork) -> None:
-    global _worker_links
-    _worker_links = work
-
-
-def _scan_in_worker(raw: bytes) -> list[_ScannedPart]:
-    assert _worker_links is not None
-    return _worker_links.scan(raw)
-
-
-def _rewrite_in_worker(raw: bytes, targets: _Targets, message_id: int) -> bytes:
-    assert _worker_links is not None
-    return _worker_links.rewrite(raw, targets, message_id)
-
-
-def _link_processes() -> int:
-    """Worker processes for the link work: none on one core (they would only add copying),
-    else one per core beyond the relay's own, at most 4."""
-    return max(0, min((os.cpu_count() or 1) - 1, 4))
-
-
 class MessageProcessor:
-    """Resolves a message's execution, records it, and rewrites one copy per recipient.
-
-    The event loop receiving and sending mail, and the database bookkeeping, share the relay's
-    one interpreter (and its GIL); finding and rewriting links, the rest of the CPU work, runs
-    in worker processes when there is a core to spare for them (``link_processes``, by default
-    one fewer than the cores), else in the calling thread. A worker process that dies is
-    replaced, and the message it held is done in the calling thread.
-    """
+    """Resolves a message's execution, records it, and rewrites one copy per recipient."""
 
     def __init__(
         self,
@@ -270,7 +183,6 @@ class MessageProcessor:
         signer: TokenSigner,
         clock: Callable[[], dt.datetime] = utcnow,
         dkim_signer: DkimSigner | None = None,
-        link_processes: int | None = None,
     ) -> None:
         self.config = config
         self.sessions = sessions
@@ -285,10 +197,11 @@ class MessageProcessor:
         self._group = threading.Condition()
         self._waiting: list[_Job] = []
         self._leading = False
-        self._links = _LinkWork(config, signer)
-        self._link_processes = _link_processes() if link_processes is None else link_processes
-        self._pool: ProcessPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._link_options = {
+            "personal_params": config.personal_params,
+            "excluded_domains": config.excluded_domains,
+            "tracked_prefixes": (config.tracking_base + "/",),
+        }
 
     # -- the work -----------------------------------------------------------------------------
 
@@ -341,7 +254,7 @@ class MessageProcessor:
         stripped = edit_headers(raw, remove=remove)
         incidents = [dkim_incident] if dkim_incident else []
         try:
-            scanned = self._in_worker(_scan_in_worker, self._links.scan, stripped)
+            scanned = self._scan(stripped)
         except MimeError as exc:
             log.warning("delivery %s: forwarding without rewriting links: %s", marks.delivery, exc)
             incidents.append(Incident(INCIDENT_UNPARSED, f"links not rewritten: {exc}", mail_from, recipients, None, message_id_header))
@@ -374,44 +287,17 @@ class MessageProcessor:
             suppressed=[row.address for row in rows if row.suppressed],
         )
 
-    # -- the link work's processes -------------------------------------------------------------
-
-    def _in_worker(self, remote: Callable[..., Any], local: Callable[..., Any], *args: Any) -> Any:
-        """``remote(*args)`` in a worker process, or ``local(*args)`` here when there is none."""
-        pool = self._worker_pool()
-        if pool is not None:
-            future: Future[Any] = pool.submit(remote, *args)
-            try:
-                return future.result()
-            except BrokenProcessPool:
-                log.warning("a link worker process died; starting another, doing this message here")
-                with self._pool_lock:
-                    if self._pool is pool:
-                        self._pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
-        return local(*args)
-
-    def _worker_pool(self) -> ProcessPoolExecutor | None:
-        if not self._link_processes:
-            return None
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    self._link_processes,
-                    # Not fork: this process has threads (and an event loop) a fork would copy.
-                    mp_context=multiprocessing.get_context("forkserver"),
-                    initializer=_start_worker,
-                    initargs=(self._links,),
-                )
-                weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
-            return self._pool
-
-    def close(self) -> None:
-        """Stop the worker processes (they also stop with the processor or the interpreter)."""
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def _scan(self, raw: bytes) -> list[_ScannedPart]:
+        scanned = []
+        for part in text_parts(raw):
+            if part.subtype == "html":
+                found = rewrite.find_html_links(part.text, **self._link_options)
+            else:
+                found = rewrite.find_text_links(part.text, **self._link_options)
+            # A target with undecodable bytes cannot be stored nor signed faithfully: left alone.
+            found = [link for link in found if _storable(link.key) == link.key and _storable(link.url) == link.url]
+            scanned.append(_ScannedPart(part, PART_NAMES[part.subtype], found))
+        return scanned
 
     def _record(
         self,
@@ -612,14 +498,24 @@ class MessageProcessor:
         message_id: int,
         tracked: dict[tuple[str, str], TrackedUrl],
     ) -> bytes:
-        targets: _Targets = {}
-        for s in scanned:
-            part_targets = []
+        by_index = {s.part.index: s for s in scanned}
+        base = self.config.base_url
+        pixel = links.open_url(self.signer, base, message_id) if self.config.open_pixel else None
+
+        def transform(part: TextPart) -> str | None:
+            s = by_index[part.index]
+            hrefs = {}
             for link in s.links:
                 target = tracked[(s.name, link.key)]
-                part_targets.append((link.index, target.id, None if link.url == target.url else link.url))
-            targets[s.part.index] = (s.name, part_targets)
-        return self._in_worker(_rewrite_in_worker, self._links.rewrite, raw, targets, message_id)
+                personal = None if link.url == target.url else link.url
+                hrefs[link.index] = links.click_url(self.signer, base, message_id, target.id, personal)
+            if s.name == "html":
+                return rewrite.rewrite_html(part.text, hrefs, pixel_url=pixel, **self._link_options)
+            if not hrefs:
+                return None
+            return rewrite.rewrite_text(part.text, hrefs, **self._link_options)
+
+        return rewrite_message(raw, transform)
 
     # -- bookkeeping after the fact -------------------------------------------------------------
 
