@@ -3,8 +3,9 @@
 Both relays run as their own process on 127.0.0.1 and forward to the same aiosmtpd sink (a process
 of its own). The HotClicks relay does its whole job: resolves the execution and records one row
 per recipient in the database (SQLite in a temporary directory, or ``--database-url``), rewrites
-every link of a 60 KB newsletter (built as a Python sender builds it: see :func:`newsletter`), fsyncs each copy into its spool before answering 250, then
-forwards from the spool over its 8 upstream connections. The pass-through relay (aiosmtpd +
+every link of a 60 KB newsletter (built as a Python sender builds it: see :func:`newsletter`),
+fsyncs each copy into its spool before answering 250, then forwards from the spool over its 8
+upstream connections. The pass-through relay (aiosmtpd +
 aiosmtplib, 8 upstream connections kept open and reused, as the relay does) forwards each message
 unchanged before answering 250. Every server names itself, so none pays ``socket.getfqdn()`` per
 connection.
@@ -15,6 +16,7 @@ Rounds alternate direct, pass-through and relay runs, after a warm-up of each re
 reported.
 
     python bench/relay.py [--messages 300] [--rounds 5] [--database-url postgresql://...]
+    bench/run relay    # the same, with the defaults
 
 Prints one line per concurrency, like
 ``RESULT relay senders=8 passthrough_mps=... relay_mps=... ratio=... paired_ratio=...`` (medians of
