@@ -3,7 +3,7 @@ against gunicorn workers, optionally killed with SIGKILL at random moments; then
 
 The moment every tracker fails is right after a send, when a whole list opens the mail at once.
 This script records one execution sent to ``--recipients`` recipients (with the store functions,
-as the relay would), serves a minimal app with the extension under gunicorn (``--workers`` sync
+as the relay would; with ``--via-relay``, through a real relay to an upstream sink), serves a minimal app with the extension under gunicorn (``--workers`` sync
 workers on 127.0.0.1, the write-ahead journal on unless ``--no-journal``), and fires ``--clicks``
 click requests from ``--concurrency`` connections (processes of threads of ``http.client``),
 the links drawn with a skew so a few are hot. Every request is accounted for by its message and
@@ -122,6 +122,75 @@ def seed(database_url: str, recipients: int, links: int) -> Send:
         for m in ids for u in tracked
     }
     return Send(paths, tracked)
+
+
+#: Recipients per SMTP transaction when sending through the relay (it splits them per recipient).
+RCPT_PER_MESSAGE = 100
+
+
+def send_through_relay(database_url: str, workdir: Path, recipients: int, links: int) -> Send:
+    """The send as it happens: one newsletter with ``links`` links to ``recipients`` recipients
+    through a real relay (in this process) to an upstream sink; the click paths are read back
+    from the mail the sink received."""
+    import re
+    import smtplib
+
+    from aiosmtpd.controller import Controller
+    from sqlalchemy import select
+
+    from hotclicks import db
+    from hotclicks.bots import TRAP_LINK_NAME
+    from hotclicks.models import TrackedUrl
+    from hotclicks.tokens import TokenKind, TokenSigner
+    from smtp_relay import RelayConfig, RelayController
+
+    engine = db.create_db_engine(database_url)
+    db.upgrade(engine)
+    received: list[bytes] = []
+
+    class Sink:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            received.append(envelope.original_content)
+            return "250 2.0.0 OK"
+
+    sink = Controller(Sink(), hostname="127.0.0.1", port=free_port(), decode_data=False)
+    sink.start()
+    relay = RelayController(RelayConfig(
+        listen=("127.0.0.1", free_port()), upstream=("127.0.0.1", sink.port), database_url=database_url,
+        base_url=BASE_URL, secret_key=SECRET_KEY, hostname="relay.storm", spool_dir=str(workdir / "spool"),
+    ))
+    relay.start()
+    delivery = f"storm-{uuid.uuid4().hex[:6]}"
+    html = "".join(f'<p><a href="{TARGET}?l={i}">Link {i}</a></p>' for i in range(links))
+    message = (
+        f"From: news@shop.example\r\nTo: subscribers@shop.example\r\nSubject: Storm\r\n"
+        f"X-HotClicks-Delivery: {delivery}\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: text/html; charset="utf-8"\r\n\r\n<html><body>{html}</body></html>\r\n'
+    ).encode()
+    try:
+        addresses = [f"r{i}@storm.example" for i in range(recipients)]
+        with smtplib.SMTP(*relay.config.listen, timeout=60) as client:
+            for start in range(0, recipients, RCPT_PER_MESSAGE):
+                client.sendmail("news@shop.example", addresses[start:start + RCPT_PER_MESSAGE], message)
+        relay.wait_idle(timeout=max(60.0, recipients / 5))
+    finally:
+        relay.stop()
+        relay.handler.processor.sessions.kw["bind"].dispose()
+        sink.stop()
+    with engine.connect() as connection:
+        traps = set(connection.scalars(select(TrackedUrl.id).where(TrackedUrl.name == TRAP_LINK_NAME)))
+    engine.dispose()
+    signer = TokenSigner(SECRET_KEY)
+    paths: dict[tuple[int, int], str] = {}
+    for data in received:
+        for token in re.findall(re.escape(BASE_URL) + r"/c/([A-Za-z0-9_-]+)", data.decode("utf-8", "replace")):
+            signed = signer.unsign(token, TokenKind.CLICK)
+            assert signed.tracked_url_id is not None
+            if signed.tracked_url_id not in traps:
+                paths[(signed.message_id, signed.tracked_url_id)] = f"/t/c/{token}"
+    if len({m for m, _ in paths}) != recipients:
+        raise SystemExit(f"the relay forwarded {len(received)} messages for {recipients} recipients")
+    return Send(paths, sorted({u for _, u in paths}))
 
 
 def storm_plan(sent: Send, clicks: int, seed: int) -> list[tuple[int, int]]:
@@ -369,13 +438,18 @@ class Result:
 
 def storm(database_url: str, workdir: Path, *, recipients: int, links: int, clicks: int, workers: int,
           concurrency: int, kill_every: float, journal: bool, fsync: bool, max_seconds: float,
-          preload: bool = False, seed_value: int = 1, log: Any = print) -> Result:
+          preload: bool = False, via_relay: bool = False, seed_value: int = 1, log: Any = print) -> Result:
     from sqlalchemy import make_url
 
     from hotclicks import db
     from hotclicks.journal import replay_orphans
 
-    sent = seed(database_url, recipients, links)
+    if via_relay:
+        began = time.monotonic()
+        sent = send_through_relay(database_url, workdir, recipients, links)
+        log(f"# sent through the relay to {recipients} recipients in {time.monotonic() - began:.1f} s")
+    else:
+        sent = seed(database_url, recipients, links)
     plan = storm_plan(sent, clicks, seed_value)
     before = recorded_clicks(database_url)
     journal_dir = workdir / f"journal-{uuid.uuid4().hex[:6]}"
@@ -464,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=300, help="stop sending after this (default 300)")
     parser.add_argument("--preload", action="store_true",
                         help="gunicorn --preload: workers are forks of the master (they restart at once)")
+    parser.add_argument("--via-relay", action="store_true",
+                        help="send the newsletter through a real relay (slower) instead of recording it directly")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hotclicks-storm-") as tmp:
@@ -481,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             result = storm(url, workdir, recipients=args.recipients, links=args.links, clicks=args.clicks,
                            workers=args.workers, concurrency=args.concurrency, kill_every=args.kill_every,
                            journal=not args.no_journal, fsync=args.fsync, max_seconds=args.max_seconds,
-                           preload=args.preload, seed_value=args.seed)
+                           preload=args.preload, via_relay=args.via_relay, seed_value=args.seed)
         finally:
             if drop is not None:
                 drop()

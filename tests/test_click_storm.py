@@ -51,6 +51,15 @@ def test_a_storm_on_four_workers_answers_every_click_and_records_each_once(click
     assert (result.lost, result.duplicated) == (0, 0)
 
 
+def test_a_storm_right_after_a_send_through_the_relay(click_storm, engine, database_url, tmp_path):
+    result = click_storm.storm(database_url, tmp_path, recipients=100, links=3, clicks=600, workers=2,
+                               concurrency=8, kill_every=0, journal=True, fsync=False, max_seconds=120,
+                               via_relay=True)
+    print(result.line())
+    assert (result.failed, result.errors, result.lost, result.duplicated) == (0, 0, 0, 0)
+    assert result.sent == result.acknowledged == result.recorded == 600
+
+
 @pytest.mark.parametrize("journal", [True, False], ids=["journal", "commit-per-click"])
 def test_workers_killed_during_a_storm_lose_no_acknowledged_click(click_storm, engine, database_url, tmp_path, journal):
     # --preload: a killed worker is replaced by a fork at once, which must take over its journal.
