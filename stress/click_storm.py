@@ -3,10 +3,11 @@ against gunicorn workers, optionally killed with SIGKILL at random moments; then
 
 The moment every tracker fails is right after a send, when a whole list opens the mail at once.
 This script records one execution sent to ``--recipients`` recipients (with the store functions,
-as the relay would; with ``--via-relay``, through a real relay to an upstream sink), serves a minimal app with the extension under gunicorn (``--workers`` sync
-workers on 127.0.0.1, the write-ahead journal on unless ``--no-journal``), and fires ``--clicks``
-click requests from ``--concurrency`` connections (processes of threads of ``http.client``),
-the links drawn with a skew so a few are hot. Every request is accounted for by its message and
+as the relay would; with ``--via-relay``, through a real relay to an upstream sink), serves a
+minimal app with the extension under gunicorn (``--workers`` sync workers on 127.0.0.1, the
+write-ahead journal on unless ``--no-journal``; ``--preload`` for forked workers), and fires
+``--clicks`` click requests from ``--concurrency`` connections (processes of threads of
+``http.client``), the links drawn with a skew so a few are hot. Every request is accounted for by its message and
 link. With ``--kill-every S`` a thread SIGKILLs a random worker every S seconds on average
 (gunicorn's master starts another, which replays the dead one's journal).
 
@@ -20,7 +21,8 @@ redirects received (acknowledged) and the requests sent:
 
     python -m pip install -r stress/requirements.txt
     python stress/click_storm.py                              # SQLite, no kills
-    python stress/click_storm.py --kill-every 1               # SQLite, workers killed
+    python stress/click_storm.py --kill-every 2               # SQLite, workers killed
+    python stress/click_storm.py --via-relay                  # the send through a real relay
     python stress/click_storm.py --database-url postgresql://postgres@127.0.0.1:5432/test [--kill-every 1]
 
 Prints the storm's figures and ends with one line
