@@ -199,11 +199,19 @@ def ensure_tracked_urls(
         wanted.setdefault((link.part, link.key), link)
     if not wanted:
         return {}
-    digests = {key_digest(key): (part, key) for part, key in wanted}
-    query = select(TrackedUrl).where(
-        TrackedUrl.execution_id == execution.id, TrackedUrl.key_digest.in_(list(digests))
-    )
-    found = {(t.part, t.link_key): t for t in session.scalars(query)}
+    digests = list({key_digest(key) for _, key in wanted})
+
+    def load() -> dict[tuple[str, str], TrackedUrl]:
+        found = {}
+        for at in range(0, len(digests), 10_000):  # PostgreSQL takes 65,535 parameters at most
+            query = select(TrackedUrl).where(
+                TrackedUrl.execution_id == execution.id,
+                TrackedUrl.key_digest.in_(digests[at : at + 10_000]),
+            )
+            found.update({(t.part, t.link_key): t for t in session.scalars(query)})
+        return found
+
+    found = load()
     missing = [spec for ident, spec in wanted.items() if ident not in found]
     if missing:  # one executemany: a message may hold many thousands of links
         insert_ignore(
@@ -225,7 +233,7 @@ def ensure_tracked_urls(
             ],
             ["execution_id", "part", "key_digest"],
         )
-        found = {(t.part, t.link_key): t for t in session.scalars(query)}
+        found = load()
     return {ident: found[ident] for ident in wanted}
 
 

@@ -159,9 +159,9 @@ class _Row:
 
 
 def _storable(text: str) -> str:
-    """``text`` as a database can store it: bytes the part's charset could not decode (carried
-    as lone surrogates) become U+FFFD."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    """``text`` as any database can store it: bytes the part's charset could not decode
+    (carried as lone surrogates) and NULs (PostgreSQL refuses them) become U+FFFD."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\x00", "\ufffd")
 
 
 def _mailto_of(list_unsubscribe: str | None) -> str | None:
@@ -224,7 +224,7 @@ class MessageProcessor:
             )
         if marks is None:
             return Prepared([Outgoing(recipients, raw, note="untracked")], counters=[COUNTER_UNTRACKED])
-        message_id_header = (headers.get("Message-ID") or "")[:998] or None
+        message_id_header = _storable(headers.get("Message-ID") or "")[:998] or None
         remove = list(HEADERS)
         dkim_incident = None
         if headers.get(_DKIM_HEADER) is not None:
