@@ -119,7 +119,7 @@ _ATTRS = rf"(?:[{_WS}/]*+[^{_WS}/>][^{_WS}/>=]*+(?:[{_WS}]*+=[{_WS}]*+{_VALUE}?)
 # it is the tokenizer's reading; when it does not, _ATTRS reads the tag from its name again.
 # (A positive class for the names is measurably faster than a negated one.)
 _COMMON_ATTRS = rf"""(?:[{_WS}]++[-A-Za-z0-9:_]++="[^"]*+")*+[{_WS}/]*+>"""
-_TAGREST = rf"(?:{_COMMON_ATTRS}|{_ATTRS})"
+_TAGREST = rf"(?:>|{_COMMON_ATTRS}|{_ATTRS})"
 _NAME = rf"[A-Za-z][^{_WS}/>]*+"
 _END = rf"(?=[{_WS}/>])"  # what may follow a tag name
 # Elements whose content is raw text (no markup inside); plaintext runs to the end.
@@ -129,17 +129,20 @@ _RAW_ELEMENTS = ("script", "style", "title", "textarea", "xmp", "iframe", "noemb
 # condition like "[if !mso]", by any comment end: "<!---->", "<!-- -->"). "<!--[if mso]><!-- -->"
 # stays a conditional comment that starts with a comment: Outlook renders what follows.
 _COND_OPEN = rf"--\[{_ci('if')}[^\]<>]*+\]>"
-_DOWNLEVEL_REVEALED = (
-    rf"--\[{_ci('if')}(?:[^\]<>]*+\]>[{_WS}]*+<!-->"
-    rf"|[^\]<>!]*+![^\]<>]*+\]>[{_WS}]*+<![^<>]*?-->)"
+# What follows "<!--[if" in a downlevel-revealed opener.
+_DOWNLEVEL_REVEALED_REST = (
+    rf"[^\]<>]*+\]>[{_WS}]*+<!-->|[^\]<>!]*+![^\]<>]*+\]>[{_WS}]*+<![^<>]*?-->"
 )
-_COMMENT = rf"--(?!{_COND_OPEN[2:]})(?:-?>|(?:[^-]++|-(?!-!?>))*+(?:--!?>|\Z))"
+# What follows "<!--" in an ordinary comment: it ends at the first "-->" or "--!>" (or at once
+# with ">" or "->"), or runs to the end of the document. Written as an unrolled loop (runs of
+# [^-], then one "-" at a time), which the regex engine reads with the fewest steps.
+_COMMENT_REST = r"[^-]*+(?:-(?!-!?>)[^-]*+)*+(?:--!?>|\Z)"
 # Inside a conditional comment, an ordinary comment also ends before "<![endif]": real mail
 # closes "<!--[if mso]>" with "<!--<![endif]-->" too, and both a browser (whose comment ends at
 # the first "-->") and Outlook (whose conditional ends at "<![endif]") end the region there.
 _ENDIF = rf"!\[{_ci('endif')}\]"
-_COMMENT_IN_CONDITIONAL = (
-    rf"--(?!{_COND_OPEN[2:]})(?:-?>|(?:[^-<]++|-(?!-!?>)|<(?!{_ENDIF}))*+(?:--!?>|\Z|(?=<{_ENDIF})))"
+_COMMENT_REST_IN_CONDITIONAL = (
+    rf"[^-<]*+(?:(?:-(?!-!?>)|<(?!{_ENDIF}))[^-<]*+)*+(?:--!?>|\Z|(?=<{_ENDIF}))"
 )
 
 # Any other "<!" (a doctype, a CDATA section, "<![endif]" outside a conditional comment) is, as
@@ -195,49 +198,64 @@ def _skip(conditional: bool) -> str:
     # short of one.
     name_rest = rf"[^{_WS}/>:]*+(?!:)" if conditional else rf"[^{_WS}/>]*+"
     tag = name_rest + _TAGREST
-    special: dict[str, list[str]] = {}
-    for element in (*_RAW_ELEMENTS, "plaintext"):
-        special.setdefault(element[0], []).append(element)
-    # The branch after "<" is chosen by its first character; the most common come first: end
-    # tags, then <td>, <tr>, <table>...
+    # The engine tries the branches after "<" in order, and rejects one cheaply when it starts
+    # with a literal character (a class like [Tt] costs several times more): so each branch
+    # starts with one character, the most common first (end tags, then <td>, <tr>, <table>,
+    # comments), lower case before upper case.
     if conditional:
-        branches = [rf"/[A-Za-z][^{_WS}/>]*+(?:[{_WS}/]*+>|{_TAGREST})"]
+        end_tag = rf"[A-Za-z][^{_WS}/>]*+(?:[{_WS}/]*+>|{_TAGREST})"
     else:
-        branches = [
-            rf"/(?:[AC-Zac-z]|[Bb](?!{_ci('ody')}{_END}))[^{_WS}/>]*+(?:[{_WS}/]*+>|{_TAGREST})"
-        ]
-    generic = "".join(sorted(set("abcdefghijklmnopqrstuvwxyz") - set(special) - set("ab")))
-    generic_branch = rf"[{generic}{generic.upper()}]{tag}"
-    for first, elements in sorted(special.items(), key=lambda item: item[0] != "t"):
-        options = []
-        for element in elements:
-            if element == "plaintext":
-                options.append(rf"{_ci(element[1:])}{_END}[\s\S]*+")
-            else:
-                content = rf"(?:[^<]++|<(?!/{_ci(element)}[{_WS}/>]))*+"
-                options.append(rf"{_ci(element[1:])}{_END}{_TAGREST}{content}")
-        branches.append(rf"{_ci(first)}(?:{'|'.join(options)}|{tag})")
-        if first == "t":
-            branches.append(generic_branch)
-    branches.append(
-        rf"[Aa](?:(?!{_END}|{_ci('rea')}{_END}){tag}"
+        end_tag = (
+            rf"(?:[AC-Zac-z]|[Bb](?!{_ci('ody')}{_END}))[^{_WS}/>]*+(?:[{_WS}/]*+>|{_TAGREST})"
+        )
+    # "</td>", "</tr>", "</table>": read at once; "</" and no name is a bogus comment.
+    branches = [rf"/(?:t[a-z0-9]*+>|{end_tag}|(?![A-Za-z]){_BOGUS})"]
+    by_letter: dict[str, str] = {}
+    for element in (*_RAW_ELEMENTS, "plaintext"):
+        if element == "plaintext":
+            option = rf"{_ci(element[1:])}{_END}[\s\S]*+"
+        else:
+            content = rf"[^<]*+(?:<(?!/{_ci(element)}[{_WS}/>])[^<]*+)*+"
+            option = rf"{_ci(element[1:])}{_END}{_TAGREST}{content}"
+        by_letter[element[0]] = by_letter.get(element[0], "") + option + "|"
+    by_letter = {first: f"(?:{options}{tag})" for first, options in by_letter.items()}
+    by_letter["a"] = (
+        rf"(?:(?!{_END}|{_ci('rea')}{_END}){tag}"
         rf"|(?:{_ci('rea')})?{_END}(?:{_NO_LINK_ATTRS}|{_UNTRACKED_LINK_ATTRS}))"
     )
+    by_letter["b"] = tag if conditional else rf"(?!{_ci('ase')}{_END}){tag}"
+    generic = "".join(sorted(set("abcdefghijklmnopqrstuvwxyz") - set(by_letter)))
+    if_ = _ci("if")
+    not_cond = rf"(?!{if_}[^\]<>]*+\]>)"
     if conditional:
-        branches.append(rf"[Bb]{tag}")
+        comment_rest = _COMMENT_REST_IN_CONDITIONAL
+        after_if = _DOWNLEVEL_REVEALED_REST
+        bogus = rf"(?!\[{_ci('endif')}\]){_BOGUS}"
+    else:
+        comment_rest = _COMMENT_REST
+        # A conditional comment with nothing of interest inside is skipped whole.
+        boring = rf"[^\]<>]*+\]>{_skip(conditional=True)}<{_ENDIF}[^>]*+>?"
+        after_if = rf"{_DOWNLEVEL_REVEALED_REST}|{boring}"
+        bogus = _BOGUS
+    comment = (
+        rf"--(?:\[(?:{if_}(?:{after_if})|{not_cond}{comment_rest})"
+        rf"|>|->|(?!\[){comment_rest})"
+    )
+    branches += [
+        f"t{by_letter['t']}",
+        rf"!(?:{comment}|(?!--){bogus})",
+        f"[{generic}]{tag}",
+        *(f"{first}{by_letter[first]}" for first in "absipxn"),
+        f"T{by_letter['t']}",
+        f"[{generic.upper()}]{tag}",
+        *(f"{first.upper()}{by_letter[first]}" for first in "absipxn"),
+    ]
+    if conditional:
         # VML without an href that matters
         branches.append(
             rf"[A-Za-z][^{_WS}/>:]*+:[^{_WS}/>]*+(?:{_NO_LINK_ATTRS}|{_UNTRACKED_LINK_ATTRS})"
         )
-        bang = rf"{_DOWNLEVEL_REVEALED}|{_COMMENT_IN_CONDITIONAL}|(?!--|{_ENDIF[1:]}){_BOGUS}"
-    else:
-        branches.append(rf"[Bb](?!{_ci('ase')}{_END}){tag}")
-        # A conditional comment with nothing of interest inside is skipped whole.
-        boring = rf"{_COND_OPEN}{_skip(conditional=True)}<{_ENDIF}[^>]*+>?"
-        bang = rf"{_DOWNLEVEL_REVEALED}|{boring}|{_COMMENT}|(?!--){_BOGUS}"
     branches += [
-        rf"!(?:{bang})",
-        rf"/(?![A-Za-z]){_BOGUS}",  # "</" and no name: a bogus comment ("</>" is nothing)
         rf"\?{_BOGUS}",  # processing instruction: a bogus comment
         r"(?![A-Za-z!/?])",  # a "<" that is text
     ]
