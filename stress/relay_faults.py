@@ -145,11 +145,14 @@ class Tally:
     accepted: list[str] = field(default_factory=list)
     refused: Counter = field(default_factory=Counter)  #: "451 ..." -> count
     no_answer: int = 0
+    attempts: Counter = field(default_factory=Counter)  #: recipient -> times sent
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def send_one(listen: tuple[str, int], recipient: str, tally: Tally, timeout: float = 60, data: bytes | None = None) -> bool:
     """One message to ``recipient``; True if answered 250. Refusals and silences are tallied."""
+    with tally.lock:
+        tally.attempts[recipient] += 1
     try:
         with smtplib.SMTP(*listen, timeout=timeout) as client:
             client.sendmail("news@shop.example", [recipient], data or newsletter())
@@ -460,7 +463,11 @@ def sigkill(workdir: Path, args) -> bool:
     try:
         ok = wait_delivered(sink, tally.accepted, relay, timeout=300)
         by_id = Counter(m.data.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0] for m in list(sink.messages))
-        note = f"kills={kills} duplicate_message_ids={sum(n - 1 for n in by_id.values() if n > 1)}"
+        twice = [i.decode().strip("<>") for i, n in by_id.items() if n > 1]
+        once = sum(tally.attempts[r] == 1 for r in twice)
+        # sent once by its client: the spool's window (killed between the upstream's 250 and the
+        # removal of the spool file); sent again: the client resent what it got no answer for
+        note = f"kills={kills} duplicate_message_ids={len(twice)} (client sent once: {once}, resent: {len(twice) - once})"
         return count("sigkill", tally, sink, time.monotonic() - started, note) and ok
     finally:
         relay.stop()

@@ -9,6 +9,7 @@ hundred messages are sent. Clients behave as MTAs do: after a 4xx or no answer, 
 from __future__ import annotations
 
 import random
+import re
 import signal
 import smtplib
 import sqlite3
@@ -184,3 +185,24 @@ def test_sigkill_at_random_moments_loses_no_message_answered_250(relay_process):
     finally:
         stop.set()
         upstream.stop()
+
+
+@pytest.mark.skipif(not TEST_DATABASE_URL, reason="PostgreSQL restarts: set HOTCLICKS_TEST_DATABASE_URL to run it")
+def test_postgres_restarted_under_load_loses_no_message_answered_250(capsys):
+    """The stress campaign for 10 s, on a PostgreSQL cluster of its own (never the suite's)."""
+    import argparse
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from stress.relay_faults import PG_BIN, postgres_restart
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"no PostgreSQL binaries in {PG_BIN} (set HOTCLICKS_PG_BIN)")
+    workdir = Path(tempfile.mkdtemp(prefix="hc-pg-"))  # not under pytest's tmp: the postgres user reads it
+    try:
+        assert postgres_restart(workdir, argparse.Namespace(pg_seconds=10, seed=3)) is True
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = capsys.readouterr().out
+    assert "lost=0" in result and re.search(r"restarts=(fast|immediate)x", result), result
