@@ -284,6 +284,28 @@ def test_quoted_printable_keeps_the_encoded_lines_around_a_change() -> None:
     check_rewrite(qp_message(before), out, track)
 
 
+def test_quoted_printable_keeps_the_unchanged_lines_of_a_long_part_that_gains_a_line() -> None:
+    """Every URL of a long part rewritten and a line added near its end (as an open pixel is):
+    only the lines holding a change are encoded again, however far apart (the filler is wrapped
+    shorter than an encoder would wrap it, so a filler line encoded again would show)."""
+    rows = [b"<p>filler %03d " % i + b"f" * 40 + b"=\r\n" + b"g" * 50 + b"</p>\r\n" for i in range(300)]
+    for i in range(0, 300, 5):
+        rows[i] = b'<p>item %d <a href=3D"http://a.example/page">x</a></p>\r\n' % i
+    before = b"".join(rows) + b"</body>\r\n"
+
+    def track_and_add(part: TextPart) -> str:
+        return track(part).replace("</body>", '<img src="https://track.example/o/1">\r\n</body>')
+
+    out = rewrite_message(qp_message(before), track_and_add)
+    check_rewrite(qp_message(before), out, track_and_add)
+    old_lines = before.split(b"\r\n")
+    new_lines = split_header(out)[1].split(b"\r\n")
+    assert [line for line in new_lines if b"filler" in line or b"ggg" in line] == [
+        line for line in old_lines if b"filler" in line or b"ggg" in line
+    ]
+    assert len(set(new_lines) - set(old_lines)) <= 60 + 2  # the 60 URL lines, the pixel's
+
+
 def test_quoted_printable_url_across_a_soft_break() -> None:
     before = b'<p>head</p>\r\n<a href=3D"http://a.exa=\r\nmple/page">x</a>\r\n<p>tail</p>'
     after = b'<p>head</p>\r\n<a href=3D"https://track.example/x/123">x</a>\r\n<p>tail</p>'
