@@ -16,7 +16,6 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from dataclasses import replace
 
 import pytest
 from sqlalchemy import func, select
