@@ -33,6 +33,7 @@ log = logging.getLogger("smtp_relay")
 REPLY_OK = "250 2.0.0 OK: queued"
 REPLY_SPOOL_FULL = "451 4.3.1 Insufficient system storage, try again later"
 REPLY_SPOOL_ERROR = "451 4.3.0 Local error writing the message, try again later"
+REPLY_LOCAL_ERROR = "451 4.3.0 Local error in processing, try again later"
 REPLY_DATABASE_UNAVAILABLE = "451 4.3.0 Tracking database unavailable, try again later"
 REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 REPLY_RELAY_DENIED = "550 5.7.1 Relaying denied: authenticate first or send from an allowed network"
@@ -325,6 +326,11 @@ class RelayHandler:
             except OSError as exc:
                 log.error("cannot spool the message from %s (%s); answered 451", mail_from, exc)
                 return REPLY_SPOOL_FULL if is_disk_full(exc) else REPLY_SPOOL_ERROR
+            except Exception:
+                # A bug met by some message must not refuse it for good (aiosmtpd would answer
+                # 500 and the sender bounce it): with a 451 the sender keeps it and tries again.
+                log.exception("unexpected error accepting the message from %s; answered 451", mail_from)
+                return REPLY_LOCAL_ERROR
             self.deliverer.submit(entries)
             self.deliverer.note(prepared.incidents, prepared.counters)
             if prepared.suppressed:

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from hotclicks import db
 from hotclicks.models import Message, MessageStatus
 from smtp_relay import RelayController
-from smtp_relay.handler import REPLY_DATABASE_UNAVAILABLE
+from smtp_relay.handler import REPLY_DATABASE_UNAVAILABLE, REPLY_LOCAL_ERROR
 
 from .conftest import TEST_DATABASE_URL, Upstream
 from .helpers import newsletter
@@ -205,3 +205,16 @@ def test_postgres_restarted_under_load_loses_no_message_answered_250(capsys):
         shutil.rmtree(workdir, ignore_errors=True)
     result = capsys.readouterr().out
     assert "lost=0" in result and re.search(r"restarts=(fast|immediate)x", result), result
+
+
+def test_a_relay_bug_on_one_message_answers_451_not_500(relay, upstream, monkeypatch):
+    """A 500 would make the sender bounce the message; a 451 keeps it with the sender."""
+    def bug(*args):
+        raise RuntimeError("a bug this message runs into")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(relay.handler.processor, "prepare", bug)
+        assert send(relay.config.listen, "bug@example.org") == REPLY_LOCAL_ERROR
+    assert send(relay.config.listen, "bug@example.org") == "250"  # the sender's retry
+    relay.wait_idle()
+    assert delivered(upstream) == Counter(["bug@example.org"])
