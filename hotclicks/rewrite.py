@@ -119,7 +119,7 @@ _ATTRS = rf"(?:[{_WS}/]*+[^{_WS}/>][^{_WS}/>=]*+(?:[{_WS}]*+=[{_WS}]*+{_VALUE}?)
 # it is the tokenizer's reading; when it does not, _ATTRS reads the tag from its name again.
 # (A positive class for the names is measurably faster than a negated one.)
 _COMMON_ATTRS = rf"""(?:[{_WS}]++[-A-Za-z0-9:_]++="[^"]*+")*+[{_WS}/]*+>"""
-_TAGREST = rf"(?:>|{_COMMON_ATTRS}|{_ATTRS})"
+_TAGREST = rf"""(?:>|(?: [-A-Za-z0-9:_]++="[^"]*+")*+[{_WS}/]*+>|{_COMMON_ATTRS}|{_ATTRS})"""
 _NAME = rf"[A-Za-z][^{_WS}/>]*+"
 _END = rf"(?=[{_WS}/>])"  # what may follow a tag name
 # Elements whose content is raw text (no markup inside); plaintext runs to the end.
@@ -219,8 +219,9 @@ def _skip(conditional: bool) -> str:
             option = rf"{_ci(element[1:])}{_END}{_TAGREST}{content}"
         by_letter[element[0]] = by_letter.get(element[0], "") + option + "|"
     by_letter = {first: f"(?:{options}{tag})" for first, options in by_letter.items()}
+    # An <a> whose first attribute is an http(s) href is a link: the scanner reads it once.
     by_letter["a"] = (
-        rf"(?:(?!{_END}|{_ci('rea')}{_END}){tag}"
+        rf"(?![{_WS}]++href=\"http)(?:(?!{_END}|{_ci('rea')}{_END}){tag}"
         rf"|(?:{_ci('rea')})?{_END}(?:{_NO_LINK_ATTRS}|{_UNTRACKED_LINK_ATTRS}))"
     )
     by_letter["b"] = tag if conditional else rf"(?!{_ci('ase')}{_END}){tag}"
@@ -269,7 +270,11 @@ def _scanner(conditional: bool) -> re.Pattern[str]:
     interest, which it names. "bad" is an unterminated tag that runs to the end of the document:
     nothing more to find.
     """
-    fast = rf"(?P<fast><[Aa]{_END}{_CAPTURED_HREF_ATTRS})|"
+    # The common link, <a href="..." ...>, read at once; markers, if any, are found afterwards.
+    fast = (
+        rf"""(?P<first><a[{_WS}]++href="(?P<fq>[^"]*+)"{_TAGREST})"""
+        rf"|(?P<fast><[Aa]{_END}{_CAPTURED_HREF_ATTRS})|"
+    )
     if conditional:
         interest = fast + (
             rf"(?P<link><[Aa](?:{_ci('rea')})?{_END}{_TAGREST})"
@@ -640,7 +645,19 @@ def _scan(doc: str) -> _Scan:
         assert m is not None  # the scanner always matches: "eof" or "bad" at worst
         kind = m.lastgroup
         pos = m.end()
-        if kind == "fast":  # a plain <a>, its href value captured
+        if kind == "first":  # <a href="..." ...>, its href value captured
+            value_start, value_end = m.span("fq")
+            if _MARKER_PREFIX in doc[value_end:pos].lower():
+                href = _read_link_tag(doc, m.start(kind), pos, depth > 0, markers)
+                if href is not None:
+                    hrefs.append(href)
+            else:
+                raw = m.group("fq")
+                clean = _clean_url(_unescape_attr(raw) if "&" in raw else raw)
+                hrefs.append(
+                    _Href(value_start, value_end, '"', raw, clean, "a", pos, "", None, depth > 0)
+                )
+        elif kind == "fast":  # a plain <a>, its href value captured
             for group, quote in (("dq", '"'), ("sq", "'"), ("uq", "")):
                 value_start, value_end = m.span(group)
                 if value_start >= 0:

@@ -121,6 +121,44 @@ def test_cdata_and_processing_instructions_end_at_the_first_gt_as_in_html() -> N
     assert urls(html) == ["https://x.example/1", "https://x.example/2"]
 
 
+def test_quotes_count_only_where_the_tokenizer_opens_a_value() -> None:
+    # A quote opens a value only right after "=": in a name or an unquoted value it is a
+    # character, so the first ">" ends the tag; a fake link inside a real value stays text.
+    html = (
+        '<div a=b"c><a href="https://x.example/1">1</a>'
+        '<div a="x"="y>" <a href="https://x.example/2">2</a>'
+        "<img alt='<a href=\"https://fake.example/1\">'>"
+        '<div\n  title="<a href=https://fake.example/2>"\n  class="x"><a href="https://x.example/3">3</a>'
+        '</td title="<a href=\'https://fake.example/3\'>"><a href="https://x.example/4">4</a>'
+        '<TD Class="a>b" STYLE=\'<a href="https://fake.example/4">\'><a href="https://x.example/5">5</a>'
+    )
+    assert urls(html) == [f"https://x.example/{n}" for n in range(1, 6)]
+
+
+def test_comment_like_text_inside_values_and_comments_is_not_markup() -> None:
+    html = (
+        '<p title="<!--"><a href="https://x.example/1">1</a><p title="-->">'
+        '<!-- <!--[if mso]><a href="https://fake.example/1">--><a href="https://x.example/2">2</a>'
+        '<!--[if mso]--><a href="https://x.example/3">3</a>'
+        '<!-- a -- b -!> <a href="https://fake.example/2"> --><a href="https://x.example/4">4</a>'
+    )
+    assert urls(html) == [f"https://x.example/{n}" for n in range(1, 5)]
+
+
+def test_markers_after_a_value_holding_gt_are_read() -> None:
+    html = (
+        '<a href="https://x.example/1" title=">" data-hc-notrack>1</a>'
+        '<a href="https://x.example/2" title="a>b" DATA-HC-LINK="hero">2</a>'
+        '<a href="https://x.example/3" title="data-hc-link">3</a>'
+    )
+    [hero, plain] = find_html_links(html)
+    assert (hero.url, hero.name, plain.url, plain.name) == (
+        "https://x.example/2", "hero", "https://x.example/3", None
+    )
+    out = rewrite_html(html, {})
+    assert 'title="a>b">2' in out and "data-hc-notrack" not in out.lower()
+
+
 def test_href_spelling_quoting_and_spacing() -> None:
     html = (
         "<A HREF = 'https://x.example/single'>1</A>"
