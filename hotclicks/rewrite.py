@@ -129,10 +129,10 @@ _RAW_ELEMENTS = ("script", "style", "title", "textarea", "xmp", "iframe", "noemb
 # condition like "[if !mso]", by any comment end: "<!---->", "<!-- -->"). "<!--[if mso]><!-- -->"
 # stays a conditional comment that starts with a comment: Outlook renders what follows.
 _COND_OPEN = rf"--\[{_ci('if')}[^\]<>]*+\]>"
-# What follows "<!--[if" in a downlevel-revealed opener.
-_DOWNLEVEL_REVEALED_REST = (
-    rf"[^\]<>]*+\]>[{_WS}]*+<!-->|[^\]<>!]*+![^\]<>]*+\]>[{_WS}]*+<![^<>]*?-->"
-)
+# What follows "<!--[if" in a downlevel-revealed opener, in two parts: the condition up to its
+# first "!", and the rest (a "<!-->" follows any condition; any comment end a negated one).
+_CONDITION_START = r"[^\]<>!]*+"
+_DOWNLEVEL_REVEALED_REST = rf"![^\]<>]*+\]>[{_WS}]*+<![^<>]*?-->|\]>[{_WS}]*+<!-->"
 # What follows "<!--" in an ordinary comment: it ends at the first "-->" or "--!>" (or at once
 # with ">" or "->"), or runs to the end of the document. Written as an unrolled loop (runs of
 # [^-], then one "-" at a time), which the regex engine reads with the fewest steps.
@@ -213,11 +213,13 @@ def _skip(conditional: bool) -> str:
     by_letter: dict[str, str] = {}
     for element in (*_RAW_ELEMENTS, "plaintext"):
         if element == "plaintext":
-            option = rf"{_ci(element[1:])}{_END}[\s\S]*+"
+            rest = rf"{_ci(element[2:])}{_END}[\s\S]*+"
         else:
             content = rf"[^<]*+(?:<(?!/{_ci(element)}[{_WS}/>])[^<]*+)*+"
-            option = rf"{_ci(element[1:])}{_END}{_TAGREST}{content}"
-        by_letter[element[0]] = by_letter.get(element[0], "") + option + "|"
+            rest = rf"{_ci(element[2:])}{_END}{_TAGREST}{content}"
+        # The second letter as two literals: "<td" is told from "<title" at once.
+        options = f"{element[1]}{rest}|{element[1].upper()}{rest}|"
+        by_letter[element[0]] = by_letter.get(element[0], "") + options
     by_letter = {first: f"(?:{options}{tag})" for first, options in by_letter.items()}
     # An <a> whose first attribute is an http(s) href is a link: the scanner reads it once.
     by_letter["a"] = (
@@ -230,13 +232,13 @@ def _skip(conditional: bool) -> str:
     not_cond = rf"(?!{if_}[^\]<>]*+\]>)"
     if conditional:
         comment_rest = _COMMENT_REST_IN_CONDITIONAL
-        after_if = _DOWNLEVEL_REVEALED_REST
+        after_if = rf"{_CONDITION_START}(?:{_DOWNLEVEL_REVEALED_REST})"
         bogus = rf"(?!\[{_ci('endif')}\]){_BOGUS}"
     else:
         comment_rest = _COMMENT_REST
         # A conditional comment with nothing of interest inside is skipped whole.
-        boring = rf"[^\]<>]*+\]>{_skip(conditional=True)}<{_ENDIF}[^>]*+>?"
-        after_if = rf"{_DOWNLEVEL_REVEALED_REST}|{boring}"
+        boring = rf"(?:![^\]<>]*+)?\]>{_skip(conditional=True)}<{_ENDIF}[^>]*+>?"
+        after_if = rf"{_CONDITION_START}(?:{_DOWNLEVEL_REVEALED_REST}|{boring})"
         bogus = _BOGUS
     comment = (
         rf"--(?:\[(?:{if_}(?:{after_if})|{not_cond}{comment_rest})"
