@@ -208,8 +208,8 @@ def _skip(conditional: bool) -> str:
         end_tag = (
             rf"(?:[AC-Zac-z]|[Bb](?!{_ci('ody')}{_END}))[^{_WS}/>]*+(?:[{_WS}/]*+>|{_TAGREST})"
         )
-    # "</td>", "</tr>", "</table>": read at once; "</" and no name is a bogus comment.
-    branches = [rf"/(?:t[a-z0-9]*+>|{end_tag}|(?![A-Za-z]){_BOGUS})"]
+    # "</td>", "</tr>", "</table>", "</div>": read at once; "</" and no name is a bogus comment.
+    branches = [rf"/(?:t[a-z0-9]*+>|[ac-z][a-z0-9]*+>|{end_tag}|(?![A-Za-z]){_BOGUS})"]
     by_letter: dict[str, str] = {}
     for element in (*_RAW_ELEMENTS, "plaintext"):
         if element == "plaintext":
