@@ -54,6 +54,8 @@ setup(
             # The Flask extension's tests: the mail and ORM extensions a host app may use.
             "flask-mail>=0.10",
             "flask-sqlalchemy>=3.1",
+            # The quick click storm serves the click routes with gunicorn workers, as deployed.
+            "gunicorn>=22.0",
         ],
     },
     entry_points={
