@@ -89,7 +89,7 @@ from flask import Flask  # noqa: E402
 from flask_hotclicks import HotClicks  # noqa: E402
 from smtp_relay import RelayConfig, RelayController  # noqa: E402
 
-from .helpers import BASE_URL  # noqa: E402
+from .helpers import BASE_URL, running_relay  # noqa: E402
 
 
 @dataclass
@@ -169,11 +169,8 @@ def relay_config(database_url: str, upstream: Upstream, tmp_path: Path) -> Relay
 
 @pytest.fixture
 def relay(engine: Engine, relay_config: RelayConfig) -> Iterator[RelayController]:
-    controller = RelayController(relay_config)
-    controller.start()
-    yield controller
-    controller.stop()
-    controller.handler.processor.sessions.kw["bind"].dispose()
+    with running_relay(relay_config) as controller:
+        yield controller
 
 
 @pytest.fixture

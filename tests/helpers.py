@@ -5,6 +5,11 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from smtp_relay import RelayController
+from smtp_relay.config import RelayConfig
 
 #: Where the tests' Flask app serves the tracking routes, as the relay is told.
 BASE_URL = "http://hotclicks.test/t"
@@ -25,6 +30,18 @@ NEWSLETTER_HREFS = [
 TEXT_LINK = "https://shop.example/spring"
 
 _TRACKED = re.compile(re.escape(BASE_URL) + r"/c/[A-Za-z0-9_-]+")
+
+
+@contextmanager
+def running_relay(config: RelayConfig) -> Iterator[RelayController]:
+    """A relay started with ``config``, stopped and its database connections closed afterwards."""
+    relay = RelayController(config)
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+        relay.handler.processor.sessions.kw["bind"].dispose()
 
 
 def newsletter(delivery: str = "spring-news", extra_headers: str = "") -> bytes:

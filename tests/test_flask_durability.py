@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import os
 import subprocess
 import sys
 import threading
@@ -175,9 +176,10 @@ def test_replay_skips_events_committed_just_before_a_crash(engine, sessions, tmp
     # Die after the commit, before the committed offset was kept: the file is replayed whole.
     (path,) = tmp_path.glob("*" + SUFFIX)
     Path(str(path) + ".done").unlink()
-    journal._pid = -1  # stops its thread
-    import os
-
+    journal._pid = -1  # stops its thread, which also replays orphans: wait until it has stopped
+    journal._wake.set()
+    journal._thread.join(timeout=30)
+    assert not journal._thread.is_alive()
     os.close(journal._fd)  # releases the lock, as death would
     replay_orphans(tmp_path, sessions)
     with sessions() as session:

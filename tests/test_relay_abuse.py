@@ -13,8 +13,7 @@ import datetime as dt
 import smtplib
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import replace
 
 import pytest
@@ -24,22 +23,12 @@ from hotclicks.models import Message
 from smtp_relay import RelayController
 from smtp_relay.handler import REPLY_RELAY_DENIED, REPLY_TOO_MANY_CONNECTIONS, REPLY_TOO_MANY_FROM_CLIENT
 
-from .helpers import newsletter
+from .helpers import newsletter, running_relay
 
 ABUSER = "127.0.0.2"
 #: How long a test waits for the relay to drop a client (the timeouts under test are 1-2 s).
 PATIENCE = 30
 
-
-@contextmanager
-def running(config) -> Iterator[RelayController]:
-    relay = RelayController(config)
-    relay.start()
-    try:
-        yield relay
-    finally:
-        relay.stop()
-        relay.handler.processor.sessions.kw["bind"].dispose()
 
 
 def connect(relay: RelayController, source: str = ABUSER) -> tuple[socket.socket, bytes]:
@@ -83,7 +72,7 @@ def abuse_config(relay_config):
 def test_silent_and_stalled_clients_are_dropped_and_free_their_slots_while_others_are_served(
     engine, abuse_config, upstream, sessions
 ):
-    with running(abuse_config) as relay, ExitStack() as stack:
+    with running_relay(abuse_config) as relay, ExitStack() as stack:
         silent, greeting = connect(relay)
         stack.callback(silent.close)
         assert greeting.startswith(b"220")
@@ -121,7 +110,7 @@ def test_silent_and_stalled_clients_are_dropped_and_free_their_slots_while_other
 
 def test_a_slow_but_steady_client_is_not_cut_by_the_timeout(engine, abuse_config, upstream):
     """The timeout counts from the last byte received, not from the DATA command."""
-    with running(abuse_config) as relay:
+    with running_relay(abuse_config) as relay:
         sock, _ = connect(relay, "127.0.0.1")
         with sock:
             for command in (b"HELO steady", b"MAIL FROM:<a@b.example>", b"RCPT TO:<ann@example.org>", b"DATA"):
@@ -140,7 +129,7 @@ def test_a_slow_but_steady_client_is_not_cut_by_the_timeout(engine, abuse_config
 
 def test_connections_beyond_the_total_limit_are_answered_421_until_one_leaves(engine, relay_config, upstream):
     config = replace(relay_config, max_connections=3, max_connections_per_client=100)
-    with running(config) as relay, ExitStack() as stack:
+    with running_relay(config) as relay, ExitStack() as stack:
         held = [connect(relay)[0] for _ in range(3)]
         for sock in held:
             stack.callback(sock.close)
@@ -160,7 +149,7 @@ def test_connections_beyond_the_total_limit_are_answered_421_until_one_leaves(en
 
 def test_too_much_data_gets_552_and_the_relay_keeps_serving(engine, relay_config, upstream, sessions):
     config = replace(relay_config, max_message_size=100_000)
-    with running(config) as relay:
+    with running_relay(config) as relay:
         with smtplib.SMTP(*config.listen, timeout=PATIENCE) as client:
             client.ehlo()
             assert client.esmtp_features["size"] == "100000"
@@ -184,7 +173,7 @@ def test_too_much_data_gets_552_and_the_relay_keeps_serving(engine, relay_config
 
 def test_a_client_outside_the_allowed_networks_cannot_relay(engine, relay_config, upstream):
     config = replace(relay_config, allow_networks=("127.0.0.1/32",))
-    with running(config) as relay:
+    with running_relay(config) as relay:
         sock, greeting = connect(relay, ABUSER)
         with sock:
             assert greeting.startswith(b"220")

@@ -9,7 +9,6 @@ import io
 import logging
 import smtplib
 import sys
-from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
@@ -17,14 +16,13 @@ from sqlalchemy import select
 
 from hotclicks.errors import ConfigurationError
 from hotclicks.models import RelayAccount
-from smtp_relay import RelayController
 from smtp_relay import auth as auth_module
 from smtp_relay.auth import AuthThrottle, check_password, client_key
 from smtp_relay.cli import main
 from smtp_relay.handler import REPLY_AUTH_THROTTLED
 
 from . import test_relay_security
-from .helpers import newsletter
+from .helpers import newsletter, running_relay
 from .test_relay_security import client_context
 
 certificate = test_relay_security.certificate  # the self-signed certificate fixture, shared
@@ -45,16 +43,6 @@ def account(engine, database_url, capsys, monkeypatch) -> str:
     assert code == 0 and "account 'app' added" in out
     return "app"
 
-
-@contextmanager
-def running(config):
-    relay = RelayController(config)
-    relay.start()
-    try:
-        yield relay
-    finally:
-        relay.stop()
-        relay.handler.processor.sessions.kw["bind"].dispose()
 
 
 @pytest.fixture
@@ -124,7 +112,7 @@ def test_a_database_account_authenticates_over_starttls_a_wrong_or_disabled_one_
     mechanism, auth_config, account, upstream, certificate, database_url, capsys, monkeypatch
 ):
     cert, _ = certificate
-    with running(auth_config) as relay:
+    with running_relay(auth_config) as relay:
         with smtplib.SMTP(*relay.config.listen, timeout=30) as client:
             client.ehlo()
             assert not client.has_extn("auth")  # never before TLS
@@ -146,7 +134,7 @@ def test_a_database_account_authenticates_over_starttls_a_wrong_or_disabled_one_
 
 def test_auth_over_implicit_tls(auth_config, account, upstream, certificate):
     cert, _ = certificate
-    with running(replace(auth_config, implicit_tls=True)) as relay:
+    with running_relay(replace(auth_config, implicit_tls=True)) as relay:
         with smtplib.SMTP_SSL(*relay.config.listen, timeout=30, context=client_context(cert)) as client:
             client.ehlo()
             assert set(client.esmtp_features["auth"].split()) == {"LOGIN", "PLAIN"}
@@ -163,7 +151,7 @@ def test_failed_auth_is_limited_per_client_and_logged_without_the_password(
     caplog.set_level(logging.INFO, logger="smtp_relay")
     caplog.set_level(logging.DEBUG, logger="mail.log")  # aiosmtpd's own log, every line it reads
     config = replace(auth_config, auth_max_failures=3)
-    with running(config) as relay:
+    with running_relay(config) as relay:
         with starttls_client(relay, cert) as client:
             for attempt in range(3):
                 assert auth(client, "PLAIN", "app", f"guess-{attempt}")[0] == 535
