@@ -102,6 +102,7 @@ OPTIONS = (
     _Option("retry_delay", "--retry-delay", "RETRY_DELAY", "1m", "first retry after a temporary failure; doubles each time", _duration, metavar="DURATION"),
     _Option("retry_max_delay", "--retry-max-delay", "RETRY_MAX_DELAY", "1h", "longest wait between two retries", _duration, metavar="DURATION"),
     _Option("max_queue_age", "--max-queue-age", "MAX_QUEUE_AGE", "5d", "a copy not delivered this long after acceptance is marked failed", _duration, metavar="DURATION"),
+    _Option("bounces", "--bounces", "BOUNCES", True, "send the sender a delivery status notification (RFC 3464) for a copy the upstream refuses (5xx) or that is given up; never for mail from <>", _bool, boolean=True),
     _Option("keep_recipient_samples", "--keep-recipient-samples", "KEEP_RECIPIENT_SAMPLES", True, "keep a sample of each content variant from real recipients (test profiles' copies are always kept)", _bool, boolean=True),
     _Option("dkim_key_file", "--dkim-key-file", "DKIM_KEY_FILE", None, "PEM private key to DKIM-sign every message after rewriting", metavar="FILE"),
     _Option("dkim_selector", "--dkim-selector", "DKIM_SELECTOR", None, "DKIM selector (s=)", metavar="SELECTOR"),

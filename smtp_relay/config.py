@@ -99,6 +99,9 @@ class RelayConfig:
     retry_max_delay: dt.timedelta = dt.timedelta(hours=1)
     #: A copy still not delivered this long after it was accepted is given up (marked failed).
     max_queue_age: dt.timedelta = dt.timedelta(days=5)
+    #: Send the sender a delivery status notification (RFC 3464) for a copy refused for good or
+    #: given up: a client that relays through us has already handed the mail off.
+    bounces: bool = True
     #: Keep a sample of each content variant from real recipients (test profiles' always are).
     keep_recipient_samples: bool = True
     #: DKIM signing key (PEM), selector and domain; all three or none.

@@ -1,5 +1,8 @@
 """Delivering spooled copies upstream: retries with exponential backoff, then giving up.
 
+A copy refused (5xx) or given up bounces to its sender (:mod:`.bounces`): the notification is
+spooled, before the copy's file is removed, and delivered like any other copy.
+
 Runs on the relay's event loop. A few worker tasks each keep one connection to the upstream open
 (aiosmtplib, never blocking the loop) and take copies from a queue; a timer puts deferred copies
 back in the queue when their next attempt is due. Outcomes go to the database in batches, off the
@@ -15,18 +18,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 
 import aiosmtplib
 from sqlalchemy.exc import SQLAlchemyError
 
 from hotclicks.models import MessageStatus, utcnow
 
+from .bounces import build_dsn, original_headers
 from .config import RelayConfig
 from .processing import INCIDENT_GIVEN_UP, Incident, MessageProcessor
-from .spool import RETRY_TRIGGER, Spool, SpoolEntry
+from .spool import RETRY_TRIGGER, Spool, SpoolEntry, new_id
 
 log = logging.getLogger("smtp_relay")
 
@@ -34,6 +40,15 @@ log = logging.getLogger("smtp_relay")
 TICK = 0.5
 #: A worker's idle upstream connection is closed after this many seconds.
 IDLE_CLOSE = 5.0
+
+
+@dataclass
+class _Bounce:
+    """A delivery status notification owed to the sender of a copy: who failed, with what reply."""
+
+    entry: SpoolEntry
+    failures: list[tuple[str, str]]  #: (recipient, the upstream's reply or the last one)
+    gave_up: bool
 
 
 class Deliverer:
@@ -58,6 +73,8 @@ class Deliverer:
         self._finished: list[SpoolEntry] = []
         self._incidents: list[Incident] = []
         self._counters: list[str] = []
+        self._bounces: list[_Bounce] = []
+        self._reporting_mta = config.hostname or socket.getfqdn()
         self._recording = False
         self._wake_writer: asyncio.Event | None = None
         self._stopping = False
@@ -94,7 +111,7 @@ class Deliverer:
             with suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._finished or self._outcomes or self._incidents or self._counters:
+        if self._finished or self._outcomes or self._incidents or self._counters or self._bounces:
             await self._flush()
 
     # -- feeding and watching ------------------------------------------------------------------
@@ -129,6 +146,7 @@ class Deliverer:
             or self._outcomes
             or self._incidents
             or self._counters
+            or self._bounces
             or self._recording
         )
 
@@ -223,7 +241,7 @@ class Deliverer:
             return client
         try:
             errors, reply = await client.sendmail(
-                entry.mail_from, entry.recipients, data, mail_options=entry.mail_options
+                _reverse_path(entry.mail_from), entry.recipients, data, mail_options=entry.mail_options
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refusal = exc.recipients[0]
@@ -254,6 +272,7 @@ class Deliverer:
         for address in failed:
             code, text = errors[address]
             log.warning("spool copy %s: upstream refused %s: %s %s", entry.id, address, code, text)
+        self._bounce(entry, [(address, "{} {}".format(*errors[address])) for address in failed], gave_up=False)
         if not later:
             status = MessageStatus.SENT if delivered else MessageStatus.FAILED
             code, text = next(iter(errors.values()))
@@ -265,6 +284,7 @@ class Deliverer:
 
     def _temporary_or_failed(self, entry: SpoolEntry, code: int, reply: str, recipients: list[str]) -> None:
         if 500 <= code < 600:
+            self._bounce(entry, [(address, reply) for address in recipients], gave_up=False)
             self._done(entry, MessageStatus.FAILED, reply, recipients)
         else:
             self._defer(entry, reply)
@@ -287,6 +307,7 @@ class Deliverer:
         entry.data = None  # read it back from the spool when it is due
         if now - entry.accepted >= self.config.max_queue_age:
             reason = f"given up after {entry.attempts} attempts in {now - entry.accepted}; last reply: {reply}"
+            self._bounce(entry, [(address, reply) for address in entry.recipients], gave_up=True)
             self._done(entry, MessageStatus.FAILED, reason, entry.recipients)
             self._incidents.append(
                 Incident(INCIDENT_GIVEN_UP, reason, entry.mail_from, entry.recipients, entry.message_id)
@@ -306,6 +327,14 @@ class Deliverer:
             self._wake()
         if not self._stopping:
             self._deferred[entry.id] = entry
+
+    def _bounce(self, entry: SpoolEntry, failures: list[tuple[str, str]], gave_up: bool) -> None:
+        """Owe the sender a notification; never for a bounce (``<>``), nor with ``--no-bounces``.
+
+        It is spooled by the writer's next batch, before the failed copy's file is removed."""
+        if failures and self.config.bounces and _reverse_path(entry.mail_from):
+            self._bounces.append(_Bounce(entry, failures, gave_up))
+            self._wake()
 
     def _log(self, entry: SpoolEntry, status: MessageStatus, reply: str, recipients: list[str]) -> None:
         log.info(
@@ -335,9 +364,13 @@ class Deliverer:
     async def _flush(self) -> bool:
         finished, outcomes, incidents, counters = self._finished, self._outcomes, self._incidents, self._counters
         self._finished, self._outcomes, self._incidents, self._counters = [], [], [], []
+        bounces, self._bounces = self._bounces, []
+        notifications: list[SpoolEntry] = []
         self._recording = True
         try:
-            await asyncio.to_thread(self._remove_and_record, finished, outcomes, incidents, counters)
+            await asyncio.to_thread(
+                self._remove_and_record, finished, outcomes, incidents, counters, bounces, notifications
+            )
             return True
         except SQLAlchemyError:
             log.exception("could not record %d delivery outcomes; will retry", len(outcomes))
@@ -345,6 +378,8 @@ class Deliverer:
             return False
         finally:
             self._recording = False
+            if notifications and self._ready is not None:
+                self.submit(notifications)  # spooled even when the database write failed
 
     def _remove_and_record(
         self,
@@ -352,15 +387,72 @@ class Deliverer:
         outcomes: list[tuple[int, MessageStatus, str | None]],
         incidents: list[Incident],
         counters: list[str],
+        bounces: list[_Bounce],
+        notifications: list[SpoolEntry],
     ) -> None:
-        """Remove the spool files of copies that are done, then record their outcomes; blocking
-        (file system and database), run off the loop, a batch at a time."""
+        """Spool the notifications owed, remove the spool files of copies that are done, then
+        record their outcomes; blocking (file system and database), run off the loop, a batch at a
+        time. A notification is spooled before its copy's file goes, so a crash loses neither."""
+        for bounce in bounces:
+            try:
+                notification = self._spool_bounce(bounce)
+            except Exception:  # a bug must not stop the recording of outcomes
+                log.exception("could not make the bounce of spool copy %s; none is sent", bounce.entry.id)
+                continue
+            if notification is not None:
+                notifications.append(notification)
         for entry in finished:
             try:
                 self.spool.remove(entry)
             except OSError:
                 log.exception("could not remove spool copy %s; it may be sent again on restart", entry.id)
         self.processor.record(outcomes, incidents, counters)
+
+    def _spool_bounce(self, bounce: _Bounce) -> SpoolEntry | None:
+        """Build the notification from the copy's spooled bytes and put it in the spool; blocking."""
+        entry = bounce.entry
+        try:
+            data = self.spool.data(entry)
+        except OSError as exc:  # gone already: still say what failed, without the header fields
+            log.warning("spool copy %s unreadable for its bounce: %s", entry.id, exc)
+            data = b""
+        now = self.clock()
+        notification = SpoolEntry(
+            id=new_id(),
+            mail_from="",
+            recipients=[entry.mail_from],
+            accepted_at=now.isoformat(),
+            mail_options=["SMTPUTF8"] if not entry.mail_from.isascii() else [],
+            note=f"bounce of spool copy {entry.id}",
+            data=build_dsn(
+                reporting_mta=self._reporting_mta,
+                sender=entry.mail_from,
+                arrival=entry.accepted,
+                failures=bounce.failures,
+                gave_up=bounce.gave_up,
+                headers=original_headers(data, self.config.tracking_base),
+                now=now,
+            ),
+        )
+        try:
+            self.spool.store([notification])
+        except OSError:
+            log.exception("could not spool the bounce of spool copy %s to %s; none is sent", entry.id, entry.mail_from)
+            return None
+        log.info(
+            "bounce to %s for message %s (spool %s) to=%s: spooled as %s",
+            entry.mail_from,
+            entry.message_id if entry.message_id is not None else "untracked",
+            entry.id,
+            ",".join(address for address, _ in bounce.failures),
+            notification.id,
+        )
+        return notification
+
+
+def _reverse_path(mail_from: str) -> str:
+    """The sender for aiosmtplib, which refuses aiosmtpd's spelling of the null sender ("<>")."""
+    return "" if mail_from == "<>" else mail_from
 
 
 async def _close(client: aiosmtplib.SMTP | None) -> None:
