@@ -317,7 +317,7 @@ class EventJournal:
             try:
                 self._drain()
                 if time.monotonic() >= adopt_at:
-                    adopt_at = time.monotonic()  # at once: a forked worker takes over the one it replaces
+                    adopt_at = time.monotonic() + self.adopt_interval
                     replayed = replay_orphans(self.directory, self.sessions, self.rules)
                     if replayed:
                         log.info("journal: replayed %s events of a dead process", replayed)
