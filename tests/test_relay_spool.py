@@ -24,6 +24,7 @@ from hotclicks import db
 from hotclicks.models import Message, MessageStatus, RelayIncident
 from smtp_relay.cli import main
 from smtp_relay.handler import REPLY_DATABASE_UNAVAILABLE, REPLY_SPOOL_FULL
+from smtp_relay.spool import iter_entries
 
 from .conftest import SECRET_KEY, Upstream, free_port
 from .helpers import BASE_URL, newsletter
@@ -93,7 +94,9 @@ def test_a_copy_still_deferred_after_the_maximum_age_is_failed_with_the_last_rep
     ((status, reply),) = statuses(sessions)
     assert status is MessageStatus.FAILED
     assert reply.startswith("given up after 2 attempts") and "unreachable" in reply
-    assert spooled(relay) == []
+    # The copy is gone; its bounce to the sender, from <>, waits for the upstream.
+    (bounce,) = iter_entries(Path(relay.config.spool_dir) / "queue")
+    assert (bounce.mail_from, bounce.recipients, bounce.message_id) == ("", ["news@shop.example"], None)
     with sessions() as session:
         (incident,) = session.scalars(select(RelayIncident).where(RelayIncident.kind == "given-up")).all()
         assert incident.recipients == "ann@example.org"
