@@ -237,7 +237,7 @@ def _skip(conditional: bool) -> str:
     else:
         comment_rest = _COMMENT_REST
         # A conditional comment with nothing of interest inside is skipped whole.
-        boring = rf"(?:![^\]<>]*+)?\]>{_skip(conditional=True)}<{_ENDIF}[^>]*+>?"
+        boring = rf"(?:\]>|![^\]<>]*+\]>){_skip(conditional=True)}<{_ENDIF}[^>]*+>?"
         after_if = rf"{_CONDITION_START}(?:{_DOWNLEVEL_REVEALED_REST}|{boring})"
         bogus = _BOGUS
     comment = (
