@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -260,7 +261,38 @@ class MessageProcessor:
             incidents.append(Incident(INCIDENT_UNPARSED, f"links not rewritten: {exc}", mail_from, recipients, None, message_id_header))
             scanned = None
         execution_id, rows, tracked = self._record(marks, recipients, scanned or [], message_id_header, incidents)
-        copies = []
+        try:
+            copies, failed = self._copies(rows, stripped, scanned, tracked, marketing, mailto, marks.delivery, execution_id)
+        except Exception:
+            # The rows are committed; a transaction answered 451 must leave none behind.
+            try:
+                self.forget([row.message_id for row in rows])
+            except SQLAlchemyError:
+                log.exception("could not take back the rows of a refused message")
+            raise
+        return Prepared(
+            copies,
+            incidents=[
+                Incident(INCIDENT_UNPARSED, reason, mail_from, [address], message_id, message_id_header)
+                for address, message_id, reason in failed
+            ],
+            message_ids=[row.message_id for row in rows],
+            suppressed=[row.address for row in rows if row.suppressed],
+        )
+
+    def _copies(
+        self,
+        rows: list[_Row],
+        stripped: bytes,
+        scanned: list[_ScannedPart] | None,
+        tracked: dict[tuple[str, str], TrackedUrl],
+        marketing: bool,
+        mailto: str | None,
+        delivery: str,
+        execution_id: int,
+    ) -> tuple[list[Outgoing], list[tuple[str, int, str]]]:
+        """Each recipient's copy; and (address, message id, reason) of those sent without tracking."""
+        copies, failed = [], []
         for row in rows:
             if row.suppressed:
                 continue
@@ -276,16 +308,13 @@ class MessageProcessor:
                 except MimeError as exc:
                     log.warning("message %s: forwarding without rewriting links: %s", row.message_id, exc)
                     note = f"links not rewritten: {exc}"
+                    failed.append((row.address, row.message_id, note))
             else:
                 note = "links not rewritten: the message could not be parsed"
             if self.dkim is not None:
                 data = self.dkim.sign(data)
-            copies.append(Outgoing([row.address], data, row.message_id, note, marks.delivery, execution_id))
-        return Prepared(
-            copies,
-            message_ids=[row.message_id for row in rows],
-            suppressed=[row.address for row in rows if row.suppressed],
-        )
+            copies.append(Outgoing([row.address], data, row.message_id, note, delivery, execution_id))
+        return copies, failed
 
     def _scan(self, raw: bytes) -> list[_ScannedPart]:
         scanned = []

@@ -21,7 +21,8 @@ import pytest
 from sqlalchemy import func, select
 
 from hotclicks import db
-from hotclicks.models import Message, MessageStatus
+from hotclicks.errors import MimeError
+from hotclicks.models import Message, MessageStatus, RelayIncident
 from smtp_relay import RelayController
 from smtp_relay.handler import REPLY_DATABASE_UNAVAILABLE, REPLY_LOCAL_ERROR
 
@@ -218,3 +219,39 @@ def test_a_relay_bug_on_one_message_answers_451_not_500(relay, upstream, monkeyp
     assert send(relay.config.listen, "bug@example.org") == "250"  # the sender's retry
     relay.wait_idle()
     assert delivered(upstream) == Counter(["bug@example.org"])
+
+
+def test_a_bug_after_the_rows_are_written_answers_451_and_leaves_no_row(relay, upstream, sessions, monkeypatch):
+    """The sender keeps a message answered 451 and sends it again: its first rows must not stay
+    behind as "queued" copies that never go anywhere."""
+    def bug(*args):
+        raise RuntimeError("a bug met while rewriting a copy")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(relay.handler.processor, "_rewrite", bug)
+        assert send(relay.config.listen, "late-bug@example.org") == REPLY_LOCAL_ERROR
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Message)) == 0
+    assert send(relay.config.listen, "late-bug@example.org") == "250"
+    relay.wait_idle()
+    assert delivered(upstream) == Counter(["late-bug@example.org"])
+    with sessions() as session:
+        assert session.scalars(select(Message.status)).all() == [MessageStatus.SENT]
+
+
+def test_a_copy_that_cannot_be_rewritten_goes_untracked_with_an_incident(relay, upstream, sessions, monkeypatch):
+    def unreadable(*args):
+        raise MimeError("a part this copy cannot decode")
+
+    monkeypatch.setattr(relay.handler.processor, "_rewrite", unreadable)
+    assert send(relay.config.listen, "plain@example.org") == "250"
+    relay.wait_idle()
+    assert delivered(upstream) == Counter(["plain@example.org"])
+    assert b"https://blog.example/spring" in upstream.messages[0].data  # its links as they were
+    with sessions() as session:
+        (message_id,) = session.scalars(select(Message.id)).all()
+        (incident,) = session.scalars(select(RelayIncident)).all()
+        assert (incident.kind, incident.message_id, incident.recipients) == (
+            "forwarded-unchanged", message_id, "plain@example.org"
+        )
+        assert "a part this copy cannot decode" in incident.reason
