@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import stat
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from hotclicks.models import Click, utcnow
 from hotclicks.store import ClickEvent
 
 from .flask_seed import send
-from .test_flask_durability import _CRASHING_WORKER
+from .test_flask_durability import crash_a_worker
 
 STRESS = Path(__file__).resolve().parent.parent / "stress" / "click_storm.py"
 
@@ -82,12 +81,7 @@ def test_a_live_journal_takes_over_the_journal_of_a_dead_process(engine, databas
     of the workers it replaces are replayed by a live one, without any restart."""
     sent = send(sessions)
     directory = tmp_path / "journal"
-    dead = subprocess.run(
-        [sys.executable, "-c", _CRASHING_WORKER, database_url, str(directory),
-         str(sent.message_id), str(sent.tracked_url_ids[0])],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert dead.stdout.strip() == "acknowledged", dead.stderr
+    crash_a_worker(database_url, directory, sent.message_id, sent.tracked_url_ids[0])
     journal = EventJournal(directory, sessions, interval=0.05)
     try:
         journal.append(ClickEvent(sent.message_id, sent.tracked_url_ids[1], utcnow(), "agent", None))

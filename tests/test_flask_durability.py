@@ -143,17 +143,21 @@ os._exit(0)  # dies before committing anything
 """
 
 
+def crash_a_worker(database_url: str, directory: Path, message_id: int, tracked_url_id: int) -> None:
+    """A process that journals 50 clicks, acknowledges them and dies before committing any."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CRASHING_WORKER, database_url, str(directory), str(message_id), str(tracked_url_id)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.stdout.strip() == "acknowledged", result.stderr
+
+
 def test_journaled_clicks_of_a_dead_worker_are_replayed_at_start_exactly_once(
     engine, database_url, sessions, tmp_path
 ):
     sent = send(sessions)
     directory = tmp_path / "journal"
-    result = subprocess.run(
-        [sys.executable, "-c", _CRASHING_WORKER, database_url, str(directory),
-         str(sent.message_id), str(sent.tracked_url_ids[0])],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert result.stdout.strip() == "acknowledged", result.stderr
+    crash_a_worker(database_url, directory, sent.message_id, sent.tracked_url_ids[0])
     with sessions() as session:
         assert session.scalar(select(func.count(Click.id))) == 0
 
