@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, syntax
 from sqlalchemy.exc import SQLAlchemyError
 
 from hotclicks.models import utcnow
@@ -42,6 +42,10 @@ REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 REPLY_TOO_MANY_FROM_CLIENT = "421 4.7.0 Too many connections from your address, try again later"
 REPLY_AUTH_THROTTLED = "421 4.7.0 Too many failed authentication attempts, try again later"
 REPLY_AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure, try again later"
+#: aiosmtpd's own replies to DATA, kept word for word.
+REPLY_DATA_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
+REPLY_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+REPLY_TOO_MUCH_DATA = "552 Error: Too much mail data"
 
 #: Threads accepting transactions (rewriting, recording, fsyncing). Most of their time is spent
 #: waiting for a disk or the database, so more than asyncio's default of CPUs + 4.
@@ -136,6 +140,58 @@ class RelaySMTP(SMTP):
         if self.transport is not None:
             self.transport.close()
 
+    # -- DATA ----------------------------------------------------------------------------------
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the message in large pieces instead of a line at a time.
+
+        aiosmtpd awaits one ``readuntil(b"\\r\\n")`` per line, which cost the relay a third of its
+        CPU time on a newsletter of 60 KB (800 lines); here the stream is searched for the end of
+        the terminator (``.<CR><LF>``), a few times per message. The rules are aiosmtpd's (RFC 5321
+        4.5.2): the message ends at a line holding a lone dot, a leading dot is removed from every
+        other line, a message over ``data_size_limit`` gets 552 and a line over
+        ``line_length_limit`` 500, both once the whole message has been read.
+        """
+        if self._decode_data or "DATA" not in self._handle_hooks:
+            await super().smtp_DATA(arg)  # not the relay's setup: aiosmtpd's own reading
+            return
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push(REPLY_DATA_GO_AHEAD)
+        try:
+            content = await read_data(self._reader, self.data_size_limit)
+        except asyncio.CancelledError:
+            log.info("connection lost during DATA")
+            self._writer.close()
+            raise
+        except asyncio.IncompleteReadError:
+            log.info("connection closed during DATA")
+            self._writer.close()
+            return
+        if content is None:
+            await self.push(REPLY_TOO_MUCH_DATA)
+            self._set_post_data_state()
+            return
+        if len(content) > self.line_length_limit and longest_line(content) > self.line_length_limit:
+            await self.push(REPLY_LINE_TOO_LONG)
+            self._set_post_data_state()
+            return
+        content = unstuff(content)
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+
     # -- AUTH ----------------------------------------------------------------------------------
 
     async def smtp_AUTH(self, arg: str) -> None:
@@ -188,6 +244,47 @@ class RelaySMTP(SMTP):
         )
         await asyncio.sleep(self.relay.config.auth_failure_delay.total_seconds())
         return AuthResult(success=False, handled=False)
+
+
+async def read_data(reader: asyncio.StreamReader, size_limit: int | None) -> bytes | None:
+    """The bytes of a DATA section up to its terminating line, dot-stuffed as sent; None when
+    there were more than ``size_limit`` (all of them read anyway, none kept).
+
+    Raises ``asyncio.IncompleteReadError`` when the stream ends first.
+    """
+    pieces: list[bytes] = []
+    size = 0
+    tail = b"\r\n"  # the stream's last bytes read so far: DATA's own line ending to begin with
+    too_much = False
+    while True:
+        try:
+            piece = await reader.readuntil(b".\r\n")
+        except asyncio.LimitOverrunError as exc:  # no end in sight within the reader's limit
+            piece = await reader.readexactly(exc.consumed)
+        # The end is ".\r\n" right after a line break; else it is a line ending with a dot.
+        end = piece.endswith(b".\r\n") and (tail + piece[-5:-3])[-2:] == b"\r\n"
+        size += len(piece) - (3 if end else 0)
+        if size_limit and size > size_limit:
+            too_much = True
+            pieces.clear()  # keep nothing of a message that will be refused
+        if not too_much:
+            pieces.append(piece[:-3] if end else piece)
+        if end:
+            return None if too_much else b"".join(pieces)
+        tail = (tail + piece[-2:])[-2:]
+
+
+def unstuff(data: bytes) -> bytes:
+    """``data`` without the dot added at the start of each line that began with one (RFC 5321
+    4.5.2); lines end with CRLF, as the terminating line is found."""
+    if data[:1] == b".":
+        data = data[1:]
+    return data.replace(b"\r\n.", b"\r\n")
+
+
+def longest_line(data: bytes) -> int:
+    """Length of the longest line of ``data``, its CRLF included."""
+    return max(map(len, data.split(b"\r\n"))) + 2
 
 
 class RelayHandler:
