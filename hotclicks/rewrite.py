@@ -36,8 +36,10 @@ __all__ = [
     "canonical_url",
     "find_html_links",
     "find_text_links",
+    "html_edits",
     "rewrite_html",
     "rewrite_text",
+    "text_edits",
 ]
 
 #: Longest label kept for a link (anchor text, image alt or VML text).
@@ -814,6 +816,33 @@ def rewrite_html(
     ``pixel_url``, the open pixel is inserted right before the last ``</body>``, or at the end of
     a document without one. Raises ValueError for an index that is not one of the links.
     """
+    return _splice(
+        html,
+        html_edits(
+            html,
+            hrefs,
+            personal_params=personal_params,
+            excluded_domains=excluded_domains,
+            tracked_prefixes=tracked_prefixes,
+            pixel_url=pixel_url,
+        ),
+    )
+
+
+def html_edits(
+    html: str,
+    hrefs: Mapping[int, str],
+    *,
+    personal_params: Collection[str] = (),
+    excluded_domains: Collection[str] = (),
+    tracked_prefixes: Collection[str] = (),
+    pixel_url: str | None = None,
+) -> list[tuple[int, int, str]]:
+    """What :func:`rewrite_html` changes, as ``(start, end, new text)`` replacing
+    ``html[start:end]``: in document order, never overlapping.
+
+    For a caller that must re-encode what changed and nothing else (the relay's MIME splice).
+    """
     options = _Options.of(personal_params, excluded_domains, tracked_prefixes)
     scan = _scan(html)
     links = _trackable(html, options) if hrefs else ()
@@ -829,13 +858,14 @@ def rewrite_html(
     if pixel_url is not None:
         at = len(html) if scan.body is None else scan.body
         edits.append((at, at, PIXEL_TEMPLATE.format(_escape_attr(pixel_url, '"'))))
-    return _splice(html, edits)
+    edits.sort(key=lambda e: (e[0], e[1]))
+    return edits
 
 
 def _splice(doc: str, edits: list[tuple[int, int, str]]) -> str:
+    """``doc`` with each ``(start, end, new text)`` of ``edits`` (in order) applied."""
     if not edits:
         return doc
-    edits.sort(key=lambda e: (e[0], e[1]))
     pieces = []
     pos = 0
     for start, end, value in edits:
@@ -917,10 +947,32 @@ def rewrite_text(
     tracked_prefixes: Collection[str] = (),
 ) -> str:
     """The text with URL ``i`` (as :func:`find_text_links` numbers them) replaced by ``hrefs[i]``."""
+    return _splice(
+        text,
+        text_edits(
+            text,
+            hrefs,
+            personal_params=personal_params,
+            excluded_domains=excluded_domains,
+            tracked_prefixes=tracked_prefixes,
+        ),
+    )
+
+
+def text_edits(
+    text: str,
+    hrefs: Mapping[int, str],
+    *,
+    personal_params: Collection[str] = (),
+    excluded_domains: Collection[str] = (),
+    tracked_prefixes: Collection[str] = (),
+) -> list[tuple[int, int, str]]:
+    """What :func:`rewrite_text` changes, as :func:`html_edits` says it."""
     links = _text_links(text, _Options.of(personal_params, excluded_domains, tracked_prefixes))
     edits = []
     for index, value in hrefs.items():
         if not 0 <= index < len(links):
             raise ValueError(f"no link {index!r}: the text has {len(links)} trackable links")
         edits.append((links[index].start, links[index].end, value))
-    return _splice(text, edits)
+    edits.sort(key=lambda e: (e[0], e[1]))
+    return edits
