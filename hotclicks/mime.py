@@ -38,7 +38,7 @@ import email.message
 import email.policy
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from itertools import accumulate
@@ -47,8 +47,11 @@ from hotclicks.errors import MimeError
 
 __all__ = [
     "MAX_DEPTH",
+    "ParsedMessage",
     "TextPart",
     "edit_headers",
+    "edit_message",
+    "parse_message",
     "read_headers",
     "rewrite_message",
     "split_header",
@@ -135,6 +138,18 @@ class _Decoded:
     errors: str
 
 
+@dataclass(frozen=True)
+class ParsedMessage:
+    """A message read once: its rewritable parts, decoded, to rewrite as many times as needed
+    (the relay makes one copy per recipient)."""
+
+    raw: bytes
+    #: Every rewritable part, decoded, in document order.
+    parts: tuple[TextPart, ...]
+    _decoded: tuple[_Decoded, ...]
+    _eol: bytes
+
+
 # --------------------------------------------------------------------------------------------
 # Public API
 
@@ -157,14 +172,22 @@ def read_headers(raw: bytes) -> email.message.Message:
     return BytesHeaderParser(policy=email.policy.default).parsebytes(header)
 
 
+def parse_message(raw: bytes) -> ParsedMessage:
+    """The message's structure and rewritable parts, decoded.
+
+    Raises :class:`MimeError` when the message cannot be parsed or a rewritable part cannot be
+    decoded.
+    """
+    raw = _as_bytes(raw)
+    leaves, eol = _scan(raw)
+    decoded = tuple(_decode(raw, leaf) for leaf in leaves)
+    parts = tuple(TextPart(i, d.leaf.subtype, d.leaf.charset, d.text) for i, d in enumerate(decoded))
+    return ParsedMessage(raw, parts, decoded, eol)
+
+
 def text_parts(raw: bytes) -> list[TextPart]:
     """Every rewritable part of the message, decoded, in document order."""
-    raw = _as_bytes(raw)
-    leaves, _ = _scan(raw)
-    return [
-        TextPart(i, d.leaf.subtype, d.leaf.charset, d.text)
-        for i, d in enumerate(_decode(raw, leaf) for leaf in leaves)
-    ]
+    return list(parse_message(raw).parts)
 
 
 def rewrite_message(raw: bytes, transform: Callable[[TextPart], str | None]) -> bytes:
@@ -176,21 +199,54 @@ def rewrite_message(raw: bytes, transform: Callable[[TextPart], str | None]) -> 
     rewritable part cannot be decoded, and after it when the new text cannot be encoded in the
     part's charset (a bug of the transform); never returns a half-rewritten message.
     """
-    raw = _as_bytes(raw)
-    leaves, message_eol = _scan(raw)
-    decoded = [_decode(raw, leaf) for leaf in leaves]
-    edits: list[tuple[int, int, bytes]] = []
-    for index, dec in enumerate(decoded):
-        leaf = dec.leaf
-        new_text = transform(TextPart(index, leaf.subtype, leaf.charset, dec.text))
+    parsed = parse_message(raw)
+    bodies: dict[int, tuple[bytes, list[tuple[int, int, int, int]] | None]] = {}
+    for part, dec in zip(parsed.parts, parsed._decoded):
+        new_text = transform(part)
         if new_text is None or new_text == dec.text:
             continue
         if not isinstance(new_text, str):
             raise TypeError(f"transform must return str or None, not {type(new_text).__name__}")
-        new_data = _encode_text(new_text, dec)
+        bodies[part.index] = (_encode_text(new_text, dec), None)
+    return _splice_parts(parsed, bodies)
+
+
+def edit_message(parsed: ParsedMessage, edits: Mapping[int, Sequence[tuple[int, int, str]]]) -> bytes:
+    """The message with, in each part ``i`` of ``edits``, ``text[start:end]`` replaced by the
+    new text of each ``(start, end, new text)`` (in order, not overlapping).
+
+    What :func:`rewrite_message` gives for the same new texts, without comparing the old and new
+    text to find what changed: the rewriter says it. Raises :class:`MimeError` when a new text
+    cannot be encoded in the part's charset.
+    """
+    bodies: dict[int, tuple[bytes, list[tuple[int, int, int, int]] | None]] = {}
+    for index, part_edits in edits.items():
+        if not part_edits:
+            continue
+        dec = parsed._decoded[index]
+        bodies[index] = _edited_data(dec, part_edits)
+    return _splice_parts(parsed, bodies)
+
+
+def _splice_parts(
+    parsed: ParsedMessage, bodies: Mapping[int, tuple[bytes, list[tuple[int, int, int, int]] | None]]
+) -> bytes:
+    """The message with the parts of ``bodies`` holding their new data, each encoded as before.
+
+    ``bodies`` maps a part to (its new data, before the transfer encoding; where it differs
+    from the old data, when known).
+    """
+    raw = parsed.raw
+    edits: list[tuple[int, int, bytes]] = []
+    for index in sorted(bodies):
+        new_data, changes = bodies[index]
+        dec = parsed._decoded[index]
+        if new_data == dec.data:
+            continue
+        leaf = dec.leaf
         body = raw[leaf.body_start : leaf.body_end]
-        eol = _eol_of(body, _eol_of(raw[leaf.header_start : leaf.header_end], message_eol))
-        new_body, switched = _encode_body(leaf, body, dec.data, new_data, eol)
+        eol = _eol_of(body, _eol_of(raw[leaf.header_start : leaf.header_end], parsed._eol))
+        new_body, switched = _encode_body(leaf, body, dec.data, new_data, eol, changes)
         if switched:
             header = raw[leaf.header_start : leaf.header_end]
             edits.append((leaf.header_start, leaf.header_end, _set_cte_qp(header, eol)))
@@ -540,14 +596,69 @@ def _encode_text(text: str, dec: _Decoded) -> bytes:
     return data
 
 
+#: Codecs whose text can be encoded piece by piece: the pieces' bytes, joined, are the bytes of
+#: the whole (no byte-order mark, no shift state).
+_PIECEWISE_CODECS = frozenset({"utf-8", "ascii", "latin-1"})
+
+
+def _edited_data(
+    dec: _Decoded, edits: Sequence[tuple[int, int, str]]
+) -> tuple[bytes, list[tuple[int, int, int, int]] | None]:
+    """(the part's data with ``edits`` applied to its text, where it changed in data offsets).
+
+    Only the text between edits and the edited spans are encoded, piece by piece, when the codec
+    allows it (and the pieces of the old text are checked to give back the old data); else the
+    whole new text is encoded and the changes are left to be found.
+    """
+    text, codec, errors = dec.text, dec.codec, dec.errors
+    if codec in _PIECEWISE_CODECS or codec.startswith(("iso8859-", "cp12")):
+        old_pieces: list[bytes] = []
+        new_pieces: list[bytes] = []
+        changes: list[tuple[int, int, int, int]] = []
+        o = n = pos = 0
+        try:
+            for start, end, value in edits:
+                same = text[pos:start].encode(codec, errors)
+                was = text[start:end].encode(codec, errors)
+                now = _encode_text(value, dec)
+                o += len(same)
+                n += len(same)
+                changes.append((o, o + len(was), n, n + len(now)))
+                o += len(was)
+                n += len(now)
+                old_pieces += (same, was)
+                new_pieces += (same, now)
+                pos = end
+        except UnicodeEncodeError:  # cannot be: the text was decoded with this codec
+            pass
+        else:
+            rest = text[pos:].encode(codec, errors)
+            if b"".join(old_pieces) + rest == dec.data:
+                return b"".join(new_pieces) + rest, changes
+    pieces, pos = [], 0
+    for start, end, value in edits:
+        pieces += (text[pos:start], value)
+        pos = end
+    pieces.append(text[pos:])
+    return _encode_text("".join(pieces), dec), None
+
+
 def _encode_body(
-    leaf: _Leaf, body: bytes, old: bytes, new: bytes, eol: bytes
+    leaf: _Leaf,
+    body: bytes,
+    old: bytes,
+    new: bytes,
+    eol: bytes,
+    changes: list[tuple[int, int, int, int]] | None = None,
 ) -> tuple[bytes, bool]:
-    """(new body bytes, whether the part switched to quoted-printable)."""
+    """(new body bytes, whether the part switched to quoted-printable).
+
+    ``changes``: where ``new`` differs from ``old``, as :func:`_changes` finds it, when known.
+    """
     if leaf.cte == "base64":
         return _b64_like(body, new, eol), False
     if leaf.cte == "quoted-printable":
-        out = _qp_rewrite(body, old, new, eol)
+        out = _qp_rewrite(body, old, new, eol, changes)
         if binascii.a2b_qp(out) != new:  # never expected; checked because it is cheap
             out = _qp_encode(new, eol, final=True)
         return out, False
@@ -612,7 +723,9 @@ def _qp_encode(data: bytes, eol: bytes, *, final: bool) -> bytes:
     return b"".join(out)
 
 
-def _qp_rewrite(body: bytes, old: bytes, new: bytes, eol: bytes) -> bytes:
+def _qp_rewrite(
+    body: bytes, old: bytes, new: bytes, eol: bytes, changes: list[tuple[int, int, int, int]] | None = None
+) -> bytes:
     """New quoted-printable body for ``new``, copying every encoded line that did not change.
 
     A QP escape never spans a line, so each physical line decodes on its own: the decoded
@@ -628,7 +741,7 @@ def _qp_rewrite(body: bytes, old: bytes, new: bytes, eol: bytes) -> bytes:
     out: list[bytes] = []
     copied = 0  # first line not yet copied or replaced
     group: list[int] | None = None  # [first line, last line, new start, new end]
-    for o1, o2, n1, n2 in _changes(old, new):
+    for o1, o2, n1, n2 in _changes(old, new) if changes is None else changes:
         if o1 == o2 and group is not None:
             # An insertion between two lines goes with the line before: the line after stays.
             first = final = min(max(bisect_left(starts, o1) - 1, 0), last)

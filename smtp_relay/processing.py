@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hotclicks import links, rewrite
 from hotclicks.errors import MimeError
 from hotclicks.executions import HEADERS, MarkError, Marks, read_marks
-from hotclicks.mime import TextPart, edit_headers, read_headers, rewrite_message, text_parts
+from hotclicks.mime import ParsedMessage, TextPart, edit_headers, edit_message, parse_message, read_headers
 from hotclicks.models import (
     DeliveryType,
     Execution,
@@ -255,14 +255,14 @@ class MessageProcessor:
         stripped = edit_headers(raw, remove=remove)
         incidents = [dkim_incident] if dkim_incident else []
         try:
-            scanned = self._scan(stripped)
+            parsed, scanned = self._scan(stripped)
         except MimeError as exc:
             log.warning("delivery %s: forwarding without rewriting links: %s", marks.delivery, exc)
             incidents.append(Incident(INCIDENT_UNPARSED, f"links not rewritten: {exc}", mail_from, recipients, None, message_id_header))
-            scanned = None
+            parsed, scanned = None, None
         execution_id, rows, tracked = self._record(marks, recipients, scanned or [], message_id_header, incidents)
         try:
-            copies, failed = self._copies(rows, stripped, scanned, tracked, marketing, mailto, marks.delivery, execution_id)
+            copies, failed = self._copies(rows, stripped, parsed, scanned, tracked, marketing, mailto, marks.delivery, execution_id)
         except Exception:
             # The rows are committed; a transaction answered 451 must leave none behind.
             try:
@@ -284,6 +284,7 @@ class MessageProcessor:
         self,
         rows: list[_Row],
         stripped: bytes,
+        parsed: ParsedMessage | None,
         scanned: list[_ScannedPart] | None,
         tracked: dict[tuple[str, str], TrackedUrl],
         marketing: bool,
@@ -297,28 +298,29 @@ class MessageProcessor:
             if row.suppressed:
                 continue
             data, note = stripped, None
-            if marketing:
-                unsubscribe = links.list_unsubscribe_headers(
-                    self.signer, self.config.base_url, row.message_id, mailto=mailto
-                )
-                data = edit_headers(data, add=list(unsubscribe.items()))
-            if scanned is not None:
+            if parsed is not None and scanned is not None:
                 try:
-                    data = self._rewrite(data, scanned, row.message_id, tracked)
+                    data = self._rewrite(parsed, scanned, row.message_id, tracked)
                 except MimeError as exc:
                     log.warning("message %s: forwarding without rewriting links: %s", row.message_id, exc)
                     note = f"links not rewritten: {exc}"
                     failed.append((row.address, row.message_id, note))
             else:
                 note = "links not rewritten: the message could not be parsed"
+            if marketing:
+                unsubscribe = links.list_unsubscribe_headers(
+                    self.signer, self.config.base_url, row.message_id, mailto=mailto
+                )
+                data = edit_headers(data, add=list(unsubscribe.items()))
             if self.dkim is not None:
                 data = self.dkim.sign(data)
             copies.append(Outgoing([row.address], data, row.message_id, note, delivery, execution_id))
         return copies, failed
 
-    def _scan(self, raw: bytes) -> list[_ScannedPart]:
+    def _scan(self, raw: bytes) -> tuple[ParsedMessage, list[_ScannedPart]]:
+        parsed = parse_message(raw)
         scanned = []
-        for part in text_parts(raw):
+        for part in parsed.parts:
             if part.subtype == "html":
                 found = rewrite.find_html_links(part.text, **self._link_options)
             else:
@@ -326,7 +328,7 @@ class MessageProcessor:
             # A target with undecodable bytes cannot be stored nor signed faithfully: left alone.
             found = [link for link in found if _storable(link.key) == link.key and _storable(link.url) == link.url]
             scanned.append(_ScannedPart(part, PART_NAMES[part.subtype], found))
-        return scanned
+        return parsed, scanned
 
     def _record(
         self,
@@ -522,29 +524,26 @@ class MessageProcessor:
 
     def _rewrite(
         self,
-        raw: bytes,
+        parsed: ParsedMessage,
         scanned: list[_ScannedPart],
         message_id: int,
         tracked: dict[tuple[str, str], TrackedUrl],
     ) -> bytes:
-        by_index = {s.part.index: s for s in scanned}
+        """One recipient's copy: each link to its tracked URL, the open pixel in the HTML."""
         base = self.config.base_url
         pixel = links.open_url(self.signer, base, message_id) if self.config.open_pixel else None
-
-        def transform(part: TextPart) -> str | None:
-            s = by_index[part.index]
+        edits = {}
+        for s in scanned:
             hrefs = {}
             for link in s.links:
                 target = tracked[(s.name, link.key)]
                 personal = None if link.url == target.url else link.url
                 hrefs[link.index] = links.click_url(self.signer, base, message_id, target.id, personal)
             if s.name == "html":
-                return rewrite.rewrite_html(part.text, hrefs, pixel_url=pixel, **self._link_options)
-            if not hrefs:
-                return None
-            return rewrite.rewrite_text(part.text, hrefs, **self._link_options)
-
-        return rewrite_message(raw, transform)
+                edits[s.part.index] = rewrite.html_edits(s.part.text, hrefs, pixel_url=pixel, **self._link_options)
+            elif hrefs:
+                edits[s.part.index] = rewrite.text_edits(s.part.text, hrefs, **self._link_options)
+        return edit_message(parsed, edits)
 
     # -- bookkeeping after the fact -------------------------------------------------------------
 
