@@ -98,10 +98,16 @@ class TokenSigner:
                 "no secret key for tracking tokens: set HOTCLICKS_SECRET_KEY (the relay and "
                 "the Flask app must share it)"
             )
-        self._keys = [_derive(secret_key), *(_derive(k) for k in fallback_keys)]
+        keys = [_derive(secret_key), *(_derive(k) for k in fallback_keys)]
+        # One keyed HMAC per key, copied for each tag: the key schedule is done once, not per
+        # link (the relay signs one token per link of every copy it sends).
+        self._macs = [hmac.new(key, digestmod=hashlib.sha256) for key in keys]
 
-    def _tag(self, key: bytes, payload: bytes) -> bytes:
-        return hmac.new(key, payload, hashlib.sha256).digest()[:TAG_SIZE]
+    @staticmethod
+    def _tag(mac: hmac.HMAC, payload: bytes) -> bytes:
+        mac = mac.copy()
+        mac.update(payload)
+        return mac.digest()[:TAG_SIZE]
 
     def sign(self, token: Token) -> str:
         payload = bytearray([token.kind])
@@ -114,7 +120,7 @@ class TokenSigner:
                 if not token.url:
                     raise ValueError("a personalized URL cannot be empty")
                 payload += token.url.encode("utf-8")
-        raw = bytes(payload) + self._tag(self._keys[0], bytes(payload))
+        raw = bytes(payload) + self._tag(self._macs[0], payload)
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
     def unsign(self, value: str, kind: TokenKind | None = None) -> Token:
@@ -135,7 +141,7 @@ class TokenSigner:
         if len(raw) <= TAG_SIZE:
             raise InvalidToken("too short")
         payload, tag = raw[:-TAG_SIZE], raw[-TAG_SIZE:]
-        if not any(hmac.compare_digest(tag, self._tag(key, payload)) for key in self._keys):
+        if not any(hmac.compare_digest(tag, self._tag(mac, payload)) for mac in self._macs):
             raise InvalidToken("bad signature")
         # From here on the payload is ours; a parse failure means a bug or a key leak.
         try:
