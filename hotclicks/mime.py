@@ -312,11 +312,13 @@ def _header_end(raw: bytes, start: int, end: int, where: str) -> int:
     if raw.startswith(b"\n", start, end) or raw.startswith(b"\r\n", start, end):
         blank = start  # no header fields at all
     else:
-        lf = raw.find(b"\n\n", start, end)
-        crlf = raw.find(b"\n\r\n", start, lf + 2 if lf >= 0 else end)
+        # The first blank line, CRLF or bare LF: each search stops where the other found one
+        # (an unbounded search for the LF kind would read the whole body of a CRLF message).
+        crlf = raw.find(b"\n\r\n", start, end)
+        lf = raw.find(b"\n\n", start, crlf + 2 if crlf >= 0 else end)
         if lf < 0 and crlf < 0:
             return -1
-        blank = (crlf if crlf >= 0 else lf) + 1
+        blank = (lf if lf >= 0 else crlf) + 1
     bad = _NOT_A_HEADER_LINE.search(raw, start, blank)
     if bad is not None:
         line = raw[bad.start() : raw.find(b"\n", bad.start(), blank)][:40]

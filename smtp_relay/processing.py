@@ -16,6 +16,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert
@@ -113,7 +114,8 @@ class Prepared:
 class _ScannedPart:
     part: TextPart
     name: str
-    links: list[rewrite.Link]
+    links: tuple[rewrite.Link, ...]
+    specs: tuple[LinkSpec, ...]  # what is registered of each link
 
 
 @dataclass(eq=False)
@@ -162,7 +164,39 @@ class _Row:
 def _storable(text: str) -> str:
     """``text`` as any database can store it: bytes the part's charset could not decode
     (carried as lone surrogates) and NULs (PostgreSQL refuses them) become U+FFFD."""
+    if "\x00" not in text:
+        try:
+            text.encode("utf-8")
+            return text  # the common case: nothing to replace
+        except UnicodeEncodeError:
+            pass
     return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\x00", "\ufffd")
+
+
+@lru_cache(maxsize=32)
+def _part_links(
+    name: str, text: str, personal: frozenset[str], excluded: frozenset[str], prefixes: tuple[str, ...]
+) -> tuple[tuple[rewrite.Link, ...], tuple[LinkSpec, ...]]:
+    """The trackable links of a part, and what is registered of each.
+
+    Cached: a newsletter's parts are the same text for each of its recipients.
+    """
+    find = rewrite.find_html_links if name == "html" else rewrite.find_text_links
+    found = find(text, personal_params=personal, excluded_domains=excluded, tracked_prefixes=prefixes)
+    # A target with undecodable bytes cannot be stored nor signed faithfully: left alone.
+    links = tuple(link for link in found if _storable(link.key) == link.key and _storable(link.url) == link.url)
+    specs = tuple(
+        LinkSpec(
+            part=name,
+            key=link.key,
+            url=rewrite.canonical_url(link.url, personal),
+            name=link.name,
+            label=_storable(link.label),
+            position=link.index,
+        )
+        for link in links
+    )
+    return links, specs
 
 
 def _mailto_of(list_unsubscribe: str | None) -> str | None:
@@ -199,8 +233,8 @@ class MessageProcessor:
         self._waiting: list[_Job] = []
         self._leading = False
         self._link_options = {
-            "personal_params": config.personal_params,
-            "excluded_domains": config.excluded_domains,
+            "personal_params": frozenset(config.personal_params),
+            "excluded_domains": frozenset(config.excluded_domains),
             "tracked_prefixes": (config.tracking_base + "/",),
         }
 
@@ -320,14 +354,13 @@ class MessageProcessor:
     def _scan(self, raw: bytes) -> tuple[ParsedMessage, list[_ScannedPart]]:
         parsed = parse_message(raw)
         scanned = []
+        options = self._link_options
         for part in parsed.parts:
-            if part.subtype == "html":
-                found = rewrite.find_html_links(part.text, **self._link_options)
-            else:
-                found = rewrite.find_text_links(part.text, **self._link_options)
-            # A target with undecodable bytes cannot be stored nor signed faithfully: left alone.
-            found = [link for link in found if _storable(link.key) == link.key and _storable(link.url) == link.url]
-            scanned.append(_ScannedPart(part, PART_NAMES[part.subtype], found))
+            name = PART_NAMES[part.subtype]
+            links, specs = _part_links(
+                name, part.text, options["personal_params"], options["excluded_domains"], options["tracked_prefixes"]
+            )
+            scanned.append(_ScannedPart(part, name, links, specs))
         return parsed, scanned
 
     def _record(
@@ -338,18 +371,7 @@ class MessageProcessor:
         message_id_header: str | None,
         incidents: list[Incident],
     ) -> tuple[int, list[_Row], dict[tuple[str, str], TrackedUrl]]:
-        specs = [
-            LinkSpec(
-                part=s.name,
-                key=link.key,
-                url=rewrite.canonical_url(link.url, self.config.personal_params),
-                name=link.name,
-                label=_storable(link.label),
-                position=link.index,
-            )
-            for s in scanned
-            for link in s.links
-        ]
+        specs = [spec for s in scanned for spec in s.specs]
         sample_html = next((_storable(s.part.text) for s in scanned if s.name == "html"), None)
         sample_text = next((_storable(s.part.text) for s in scanned if s.name == "text"), None)
         job = _Job(
