@@ -196,8 +196,9 @@ _BOGUS = r"[^>]*+>?"
 
 # Link elements are read in parts: attributes other than href and the markers, the href, and
 # attributes other than the markers. With these, a link element that cannot matter (no marker
-# attribute, and no href or one that is certainly not tracked: "#...", "mailto:", empty...) is
-# skipped like any other tag, and a plain <a> has its href value captured by the scanner itself.
+# attribute, and no href or one that is certainly not tracked: "#...", "mailto:", empty, "http://"
+# without a host, an unrendered placeholder...) is skipped like any other tag, and a plain <a>
+# has its href value captured by the scanner itself.
 _HREF_NAME = rf"{_ci('href')}(?=[{_WS}/>=])"
 _MARKER = _ci("data-hc-")
 _OTHER_ATTR = (
@@ -211,9 +212,19 @@ _NO_LINK_ATTRS = rf"(?:{_OTHER_ATTR})*+[{_WS}/]*+>"
 _UNTRACKED_START = "|".join(
     ["#", *(_ci(scheme) for scheme in ("mailto:", "tel:", "sms:", "javascript:"))]
 )
+#: "http://" or "https://" and nothing else: no host.
+_NO_HOST = rf"{_ci('http')}[Ss]?://"
+# A quoted value holding one of the common placeholders ("{{...}}", "*|...|*", "%%name%%"; see
+# _PLACEHOLDER), and no "&" (a character reference could hide what it is) or "[" (an IPv6 host,
+# which _has_placeholder sets aside, could hold it).
+_PLACEHOLDER_VALUE = "|".join(
+    rf"{q}(?=[^{q}]*?(?:\{{\{{[^{q}]*?\}}\}}|\*\|[^{q}]*?\|\*|%%[A-Za-z0-9_]++%%))[^{q}&\[]*+{q}"
+    for q in "\"'"
+)
 _UNTRACKED_VALUE = (
     rf"""(?:"[{_WS}]*+(?:{_UNTRACKED_START})[^"]*+"|'[{_WS}]*+(?:{_UNTRACKED_START})[^']*+'"""
-    rf"""|(?:{_UNTRACKED_START})[^{_WS}>]*+|""|''|(?=>))"""
+    rf"""|(?:{_UNTRACKED_START})[^{_WS}>]*+|""|''|(?=>)"""
+    rf"""|"[{_WS}]*+{_NO_HOST}[{_WS}]*+"|'[{_WS}]*+{_NO_HOST}[{_WS}]*+'|{_PLACEHOLDER_VALUE})"""
 )
 # An href that is present must be followed by its value (when "=" follows): the "=" must never
 # be read as the start of another attribute.
@@ -265,9 +276,10 @@ def _skip(conditional: bool) -> str:
         options = f"{element[1]}{rest}|{element[1].upper()}{rest}|"
         by_letter[element[0]] = by_letter.get(element[0], "") + options
     by_letter = {first: f"(?:{options}{tag})" for first, options in by_letter.items()}
-    # An <a> whose first attribute is an http(s) href is a link: the scanner reads it once.
+    # An <a> whose first attribute is an http(s) href is a link (unless it has no host): the
+    # scanner reads it once.
     by_letter["a"] = (
-        rf"(?![{_WS}]++href=\"http)(?:(?!{_END}|{_ci('rea')}{_END}){tag}"
+        rf"(?![{_WS}]++href=\"http(?!s?://\"))(?:(?!{_END}|{_ci('rea')}{_END}){tag}"
         rf"|(?:{_ci('rea')})?{_END}(?:{_NO_LINK_ATTRS}|{_UNTRACKED_LINK_ATTRS}))"
     )
     by_letter["b"] = tag if conditional else rf"(?!{_ci('ase')}{_END}){tag}"

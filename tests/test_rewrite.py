@@ -256,6 +256,36 @@ def test_an_ipv6_host_is_not_a_placeholder() -> None:
     assert urls('<a href="http://[2001:db8::1]/x">x</a>') == ["http://[2001:db8::1]/x"]
 
 
+@pytest.mark.parametrize("href", ["http://", " HTTPS:// ", "{{action_url}}", "*|UNSUB|*", "%%unsub%%"])
+def test_untracked_hrefs_anywhere_in_a_link_leave_the_other_links_and_markers_alone(
+    href: str,
+) -> None:
+    html = (
+        f'<a class="b" href="{href}">1</a><area alt="x" href=\'{href}\'>'
+        f'<!--[if mso]><v:roundrect href="{href}" arcsize="5%"></v:roundrect><![endif]-->'
+        f'<a href="{href}" data-hc-link="named">2</a>'
+        f'<a title="t" href="{href}" data-hc-notrack>3</a>'
+        '<a href="https://shop.example/">4</a>'
+    )
+    links = find_html_links(html)
+    assert [(link.index, link.url, link.key, link.label) for link in links] == [
+        (0, "https://shop.example/", "https://shop.example/#1", "4")
+    ]
+    assert rewrite_html(html, {0: TRACKED}) == (
+        html.replace(' data-hc-link="named"', "")
+        .replace(" data-hc-notrack", "")
+        .replace("https://shop.example/", TRACKED)
+    )
+
+
+def test_a_placeholder_in_the_user_of_an_ipv6_host_does_not_hide_the_link() -> None:
+    # The IPv6 host is set aside before placeholders are looked for, even when it is written
+    # with a character reference.
+    for host in ("[2001:db8::1]", "&#91;2001:db8::1]"):
+        html = f'<a class="b" href="http://{{{{user}}}}@{host}/x">x</a>'
+        assert urls(html) == ["http://{{user}}@[2001:db8::1]/x"]
+
+
 def test_excluded_domains_cover_the_domain_and_its_subdomains_only() -> None:
     html = (
         '<a href="https://example.com/a">1</a><a href="https://WWW.Example.com./b">2</a>'
