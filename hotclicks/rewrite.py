@@ -771,24 +771,34 @@ def _trackable(doc: str, options: _Options) -> tuple[tuple[_Href, str], ...]:
     return tuple(kept)
 
 
-def _keys(
-    targets: list[str], names: list[str | None], conditional: list[bool], personal: frozenset[str]
+def _keys(links: list[tuple[str, str | None, bool]], personal: frozenset[str]) -> list[str]:
+    """The key of each link, given as (target, name, conditional) (see :func:`find_html_links`)."""
+    occurrences: dict[str, int] = {}
+    keys: list[str] = []
+    for target, name, conditional in links:
+        if conditional:
+            return _keys_with_twins(links, personal)
+        if personal:
+            target = canonical_url(target, personal)
+        n = occurrences[target] = occurrences.get(target, 0) + 1
+        keys.append(name or f"{target}#{n}")
+    return keys
+
+
+def _keys_with_twins(
+    links: list[tuple[str, str | None, bool]], personal: frozenset[str]
 ) -> list[str]:
-    canonical = [canonical_url(t, personal) for t in targets] if personal else targets
-    if not any(conditional):  # the common case: no twins, each link counts once
-        occurrences: dict[str, int] = {}
-        keys: list[str] = []
-        for target, name in zip(canonical, names):
-            n = occurrences[target] = occurrences.get(target, 0) + 1
-            keys.append(name or f"{target}#{n}")
-        return keys
-    following: list[int | None] = [None] * len(targets)
+    """:func:`_keys` when links are conditional: a conditional link and its twin count once."""
+    canonical = [canonical_url(target, personal) for target, _, _ in links]
+    names = [name for _, name, _ in links]
+    conditional = [c for _, _, c in links]
+    following: list[int | None] = [None] * len(links)
     last: dict[str, int] = {}
-    for i in range(len(targets) - 1, -1, -1):
+    for i in range(len(links) - 1, -1, -1):
         following[i] = last.get(canonical[i])
         last[canonical[i]] = i
-    keys = [""] * len(targets)
-    occurrences = {}
+    keys = [""] * len(links)
+    occurrences: dict[str, int] = {}
     for i, target in enumerate(canonical):
         if keys[i]:
             continue  # the twin of an earlier conditional link
@@ -842,12 +852,7 @@ def find_html_links(
     """
     options = _Options.of(personal_params, excluded_domains, tracked_prefixes)
     kept = _trackable(html, options)
-    keys = _keys(
-        [target for _, target in kept],
-        [h.name for h, _ in kept],
-        [h.conditional for h, _ in kept],
-        options.personal,
-    )
+    keys = _keys([(target, h.name, h.conditional) for h, target in kept], options.personal)
     return [
         _new_link(
             i,
@@ -984,9 +989,7 @@ def _text_links(text: str, options: _Options) -> list[Link]:
         target = options.target(url, None)
         if target is not None:
             spans.append((start, start + len(written), written, target))
-    keys = _keys(
-        [t for *_, t in spans], [None] * len(spans), [False] * len(spans), options.personal
-    )
+    keys = _keys([(t, None, False) for *_, t in spans], options.personal)
     return [
         _new_link(i, s, e, "", raw, t, "text", "", None, False, keys[i])
         for i, (s, e, raw, t) in enumerate(spans)
