@@ -214,17 +214,28 @@ _UNTRACKED_START = "|".join(
 )
 #: "http://" or "https://" and nothing else: no host.
 _NO_HOST = rf"{_ci('http')}[Ss]?://"
-# A quoted value holding one of the common placeholders ("{{...}}", "*|...|*", "%%name%%"; see
-# _PLACEHOLDER), and no "&" (a character reference could hide what it is) or "[" (an IPv6 host,
-# which _has_placeholder sets aside, could hold it).
-_PLACEHOLDER_VALUE = "|".join(
-    rf"{q}(?=[^{q}]*?(?:\{{\{{[^{q}]*?\}}\}}|\*\|[^{q}]*?\|\*|%%[A-Za-z0-9_]++%%))[^{q}&\[]*+{q}"
-    for q in "\"'"
-)
+
+
+def _placeholder_value(quote: str) -> str:
+    """A value quoted with ``quote`` that holds one of the common placeholders ("{{...}}",
+    "*|...|*", "%%name%%"; see _PLACEHOLDER), and no "&" (a character reference could hide what
+    it is) or "[" (an IPv6 host, which _has_placeholder sets aside, could hold it).
+
+    Each opener is looked for once, at its first occurrence, so the time stays linear in the
+    value's length.
+    """
+    q = quote
+    braces = rf"[^{q}{{]*+(?:\{{(?!\{{)[^{q}{{]*+)*+\{{\{{[^{q}]*?\}}\}}"
+    pipes = rf"[^{q}*]*+(?:\*(?!\|)[^{q}*]*+)*+\*\|[^{q}]*?\|\*"
+    percents = rf"[^{q}]*?%%[A-Za-z0-9_]++%%"
+    return rf"{q}(?=[^{q}&\[]*+{q})(?={braces}|{pipes}|{percents})[^{q}]*+{q}"
+
+
 _UNTRACKED_VALUE = (
     rf"""(?:"[{_WS}]*+(?:{_UNTRACKED_START})[^"]*+"|'[{_WS}]*+(?:{_UNTRACKED_START})[^']*+'"""
     rf"""|(?:{_UNTRACKED_START})[^{_WS}>]*+|""|''|(?=>)"""
-    rf"""|"[{_WS}]*+{_NO_HOST}[{_WS}]*+"|'[{_WS}]*+{_NO_HOST}[{_WS}]*+'|{_PLACEHOLDER_VALUE})"""
+    rf"""|"[{_WS}]*+{_NO_HOST}[{_WS}]*+"|'[{_WS}]*+{_NO_HOST}[{_WS}]*+'"""
+    rf"""|{_placeholder_value('"')}|{_placeholder_value("'")})"""
 )
 # An href that is present must be followed by its value (when "=" follows): the "=" must never
 # be read as the start of another attribute.
