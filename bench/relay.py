@@ -245,7 +245,9 @@ def blast(port: int, senders: int, messages: int, data: bytes, count, timeout: f
     return messages / (time.perf_counter() - started)
 
 
-def start_relay(kind: str, sink_port: int, workdir: Path, database_url: str) -> tuple[subprocess.Popen, int]:
+def start_relay(
+    kind: str, sink_port: int, workdir: Path, database_url: str, relay_args: list[str] | None = None
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
     if kind == "passthrough":
         command = [sys.executable, __file__, "--serve-passthrough", str(port), str(sink_port)]
@@ -255,7 +257,7 @@ def start_relay(kind: str, sink_port: int, workdir: Path, database_url: str) -> 
             sys.executable, "-m", "smtp_relay", "--listen", f"127.0.0.1:{port}",
             "--upstream", f"127.0.0.1:{sink_port}", "--database-url", database_url,
             "--base-url", BASE_URL, "--secret-key", SECRET_KEY, "--spool-dir", str(spool),
-            "--log-level", "WARNING", "--hostname", "relay.bench",
+            "--log-level", "WARNING", "--hostname", "relay.bench", *(relay_args or []),
         ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOTCLICKS_")}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
@@ -305,6 +307,10 @@ def main() -> None:
         help="a PostgreSQL server to record into (a schema of its own, dropped afterwards); "
         "default: SQLite in a temporary directory",
     )
+    parser.add_argument(
+        "--rewrite-workers",
+        help="the relay's --rewrite-workers (default: the relay's own default, auto)",
+    )
     parser.add_argument("--serve-passthrough", nargs=2, type=int, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_passthrough:
@@ -340,7 +346,8 @@ def main() -> None:
             results: dict[str, list[float]] = {"direct": [], "passthrough": [], "relay": []}
             relays = {}
             for kind in ("passthrough", "relay"):
-                process, port = start_relay(kind, sink_port, workdir, database_url)
+                relay_args = ["--rewrite-workers", args.rewrite_workers] if args.rewrite_workers else []
+                process, port = start_relay(kind, sink_port, workdir, database_url, relay_args)
                 processes.append(process)
                 relays[kind] = port
                 blast(port, senders, min(50, args.messages), data, count)  # warm up

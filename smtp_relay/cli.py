@@ -58,6 +58,16 @@ def _bool(value: str | bool) -> bool:
     raise ValueError("expected true or false")
 
 
+def _workers(value: str | int) -> int:
+    """A number of worker processes, or "auto": one when the machine has another core to give."""
+    if str(value).strip().lower() == "auto":
+        return 1 if (os.cpu_count() or 1) >= 2 else 0
+    workers = int(value)
+    if workers < 0:
+        raise ValueError("expected 0 or more, or auto")
+    return workers
+
+
 def _list(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     return tuple(str(item).strip() for item in items if str(item).strip())
@@ -99,6 +109,7 @@ OPTIONS = (
     _Option("upstream_password", "--upstream-password", "UPSTREAM_PASSWORD", None, "password for AUTH to the upstream (prefer the env variable or the config file)", metavar="PASSWORD"),
     _Option("upstream_timeout", "--upstream-timeout", "UPSTREAM_TIMEOUT", 60.0, "seconds to wait for the upstream before counting it down", float, metavar="SECONDS"),
     _Option("upstream_connections", "--upstream-connections", "UPSTREAM_CONNECTIONS", 8, "connections to the upstream, each delivering one copy at a time", int, metavar="N"),
+    _Option("rewrite_workers", "--rewrite-workers", "REWRITE_WORKERS", "auto", "worker processes that rewrite the copies, so that rewriting uses another core; 0: the relay process rewrites; auto: 1 on a machine of 2 cores or more", _workers, metavar="N"),
     _Option("retry_delay", "--retry-delay", "RETRY_DELAY", "1m", "first retry after a temporary failure; doubles each time", _duration, metavar="DURATION"),
     _Option("retry_max_delay", "--retry-max-delay", "RETRY_MAX_DELAY", "1h", "longest wait between two retries", _duration, metavar="DURATION"),
     _Option("max_queue_age", "--max-queue-age", "MAX_QUEUE_AGE", "5d", "a copy not delivered this long after acceptance is marked failed", _duration, metavar="DURATION"),

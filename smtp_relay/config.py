@@ -90,6 +90,9 @@ class RelayConfig:
     upstream_password: str | None = None
     #: Connections kept open to the upstream, each delivering one copy at a time.
     upstream_connections: int = 8
+    #: Worker processes rewriting the copies (0: the relay process does it). The relay's other
+    #: work shares one core (one Python process); a worker lets rewriting use another.
+    rewrite_workers: int = 0
     #: The name the relay gives itself (SMTP banner and EHLO); the machine's FQDN when None.
     hostname: str | None = field(default=None)
     #: Where accepted messages wait for delivery; a directory of this relay alone.

@@ -316,6 +316,7 @@ class RelayHandler:
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(ACCEPT_THREADS, thread_name_prefix="relay-accept")
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.processor.renderer.start)
         await self.deliverer.start()
 
     async def stop(self, timeout: float = 30.0) -> None:
@@ -338,6 +339,7 @@ class RelayHandler:
         while self.deliverer.busy() and loop.time() < deadline:
             await asyncio.sleep(0.01)
         await self.deliverer.stop(max(0.0, deadline - loop.time()))
+        await loop.run_in_executor(None, self.processor.renderer.stop)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None

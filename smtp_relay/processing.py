@@ -16,7 +16,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert
@@ -24,10 +23,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotclicks import links, rewrite
+from hotclicks import links
 from hotclicks.errors import MimeError
 from hotclicks.executions import HEADERS, MarkError, Marks, read_marks
-from hotclicks.mime import ParsedMessage, TextPart, edit_headers, edit_message, parse_message, read_headers
+from hotclicks.mime import ParsedMessage, edit_headers, read_headers
 from hotclicks.models import (
     DeliveryType,
     Execution,
@@ -53,11 +52,10 @@ from hotclicks.tokens import TokenSigner
 from . import records
 from .config import RelayConfig
 from .dkim import DkimSigner
+from .rewriting import CopyMaker, CopyRenderer, LinkOptions, ScannedPart, scan_message, storable
 
 log = logging.getLogger("smtp_relay")
 
-#: TrackedUrl.part for each rewritable MIME subtype.
-PART_NAMES = {"html": "html", "plain": "text"}
 #: RelayCounter names.
 COUNTER_UNTRACKED = "untracked"
 #: RelayIncident kinds.
@@ -110,14 +108,6 @@ class Prepared:
     suppressed: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _ScannedPart:
-    part: TextPart
-    name: str
-    links: tuple[rewrite.Link, ...]
-    specs: tuple[LinkSpec, ...]  # what is registered of each link
-
-
 @dataclass(eq=False)
 class _Job:
     """One transaction's bookkeeping, waiting for its group commit."""
@@ -161,44 +151,6 @@ class _Row:
     suppressed: bool
 
 
-def _storable(text: str) -> str:
-    """``text`` as any database can store it: bytes the part's charset could not decode
-    (carried as lone surrogates) and NULs (PostgreSQL refuses them) become U+FFFD."""
-    if "\x00" not in text:
-        try:
-            text.encode("utf-8")
-            return text  # the common case: nothing to replace
-        except UnicodeEncodeError:
-            pass
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\x00", "\ufffd")
-
-
-@lru_cache(maxsize=32)
-def _part_links(
-    name: str, text: str, personal: frozenset[str], excluded: frozenset[str], prefixes: tuple[str, ...]
-) -> tuple[tuple[rewrite.Link, ...], tuple[LinkSpec, ...]]:
-    """The trackable links of a part, and what is registered of each.
-
-    Cached: a newsletter's parts are the same text for each of its recipients.
-    """
-    find = rewrite.find_html_links if name == "html" else rewrite.find_text_links
-    found = find(text, personal_params=personal, excluded_domains=excluded, tracked_prefixes=prefixes)
-    # A target with undecodable bytes cannot be stored nor signed faithfully: left alone.
-    links = tuple(link for link in found if _storable(link.key) == link.key and _storable(link.url) == link.url)
-    specs = tuple(
-        LinkSpec(
-            part=name,
-            key=link.key,
-            url=rewrite.canonical_url(link.url, personal),
-            name=link.name,
-            label=_storable(link.label),
-            position=link.index,
-        )
-        for link in links
-    )
-    return links, specs
-
-
 def _mailto_of(list_unsubscribe: str | None) -> str | None:
     """The sender's own mailto unsubscribe address, kept beside ours."""
     for target in _ANGLE.findall(list_unsubscribe or ""):
@@ -218,6 +170,7 @@ class MessageProcessor:
         signer: TokenSigner,
         clock: Callable[[], dt.datetime] = utcnow,
         dkim_signer: DkimSigner | None = None,
+        renderer: CopyRenderer | None = None,
     ) -> None:
         self.config = config
         self.sessions = sessions
@@ -232,11 +185,13 @@ class MessageProcessor:
         self._group = threading.Condition()
         self._waiting: list[_Job] = []
         self._leading = False
-        self._link_options = {
-            "personal_params": frozenset(config.personal_params),
-            "excluded_domains": frozenset(config.excluded_domains),
-            "tracked_prefixes": (config.tracking_base + "/",),
-        }
+        self._link_options = LinkOptions(
+            frozenset(config.personal_params), frozenset(config.excluded_domains), (config.tracking_base + "/",)
+        )
+        self.renderer = renderer or CopyRenderer(
+            CopyMaker(config.secret_key, config.fallback_keys, config.base_url, config.open_pixel, self._link_options),
+            config.rewrite_workers,
+        )
 
     # -- the work -----------------------------------------------------------------------------
 
@@ -259,7 +214,7 @@ class MessageProcessor:
             )
         if marks is None:
             return Prepared([Outgoing(recipients, raw, note="untracked")], counters=[COUNTER_UNTRACKED])
-        message_id_header = _storable(headers.get("Message-ID") or "")[:998] or None
+        message_id_header = storable(headers.get("Message-ID") or "")[:998] or None
         remove = list(HEADERS)
         dkim_incident = None
         if headers.get(_DKIM_HEADER) is not None:
@@ -319,7 +274,7 @@ class MessageProcessor:
         rows: list[_Row],
         stripped: bytes,
         parsed: ParsedMessage | None,
-        scanned: list[_ScannedPart] | None,
+        scanned: list[ScannedPart] | None,
         tracked: dict[tuple[str, str], TrackedUrl],
         marketing: bool,
         mailto: str | None,
@@ -327,20 +282,23 @@ class MessageProcessor:
         execution_id: int,
     ) -> tuple[list[Outgoing], list[tuple[str, int, str]]]:
         """Each recipient's copy; and (address, message id, reason) of those sent without tracking."""
+        sent = [row for row in rows if not row.suppressed]
+        rendered: list[bytes | MimeError] = []
+        if parsed is not None and scanned is not None:
+            targets = {key: (url.id, url.url) for key, url in tracked.items()}
+            rendered = self.renderer.render(parsed, scanned, [row.message_id for row in sent], targets)
         copies, failed = [], []
-        for row in rows:
-            if row.suppressed:
-                continue
+        for i, row in enumerate(sent):
             data, note = stripped, None
-            if parsed is not None and scanned is not None:
-                try:
-                    data = self._rewrite(parsed, scanned, row.message_id, tracked)
-                except MimeError as exc:
-                    log.warning("message %s: forwarding without rewriting links: %s", row.message_id, exc)
-                    note = f"links not rewritten: {exc}"
-                    failed.append((row.address, row.message_id, note))
-            else:
+            result = rendered[i] if rendered else None
+            if result is None:
                 note = "links not rewritten: the message could not be parsed"
+            elif isinstance(result, MimeError):
+                log.warning("message %s: forwarding without rewriting links: %s", row.message_id, result)
+                note = f"links not rewritten: {result}"
+                failed.append((row.address, row.message_id, note))
+            else:
+                data = result
             if marketing:
                 unsubscribe = links.list_unsubscribe_headers(
                     self.signer, self.config.base_url, row.message_id, mailto=mailto
@@ -351,29 +309,20 @@ class MessageProcessor:
             copies.append(Outgoing([row.address], data, row.message_id, note, delivery, execution_id))
         return copies, failed
 
-    def _scan(self, raw: bytes) -> tuple[ParsedMessage, list[_ScannedPart]]:
-        parsed = parse_message(raw)
-        scanned = []
-        options = self._link_options
-        for part in parsed.parts:
-            name = PART_NAMES[part.subtype]
-            links, specs = _part_links(
-                name, part.text, options["personal_params"], options["excluded_domains"], options["tracked_prefixes"]
-            )
-            scanned.append(_ScannedPart(part, name, links, specs))
-        return parsed, scanned
+    def _scan(self, raw: bytes) -> tuple[ParsedMessage, list[ScannedPart]]:
+        return scan_message(raw, self._link_options)
 
     def _record(
         self,
         marks: Marks,
         recipients: list[str],
-        scanned: list[_ScannedPart],
+        scanned: list[ScannedPart],
         message_id_header: str | None,
         incidents: list[Incident],
     ) -> tuple[int, list[_Row], dict[tuple[str, str], TrackedUrl]]:
         specs = [spec for s in scanned for spec in s.specs]
-        sample_html = next((_storable(s.part.text) for s in scanned if s.name == "html"), None)
-        sample_text = next((_storable(s.part.text) for s in scanned if s.name == "text"), None)
+        sample_html = next((storable(s.part.text) for s in scanned if s.name == "html"), None)
+        sample_text = next((storable(s.part.text) for s in scanned if s.name == "text"), None)
         job = _Job(
             marks=marks,
             recipients=recipients,
@@ -543,29 +492,6 @@ class MessageProcessor:
             ],
             tracked,
         )
-
-    def _rewrite(
-        self,
-        parsed: ParsedMessage,
-        scanned: list[_ScannedPart],
-        message_id: int,
-        tracked: dict[tuple[str, str], TrackedUrl],
-    ) -> bytes:
-        """One recipient's copy: each link to its tracked URL, the open pixel in the HTML."""
-        base = self.config.base_url
-        pixel = links.open_url(self.signer, base, message_id) if self.config.open_pixel else None
-        edits = {}
-        for s in scanned:
-            hrefs = {}
-            for link in s.links:
-                target = tracked[(s.name, link.key)]
-                personal = None if link.url == target.url else link.url
-                hrefs[link.index] = links.click_url(self.signer, base, message_id, target.id, personal)
-            if s.name == "html":
-                edits[s.part.index] = rewrite.html_edits(s.part.text, hrefs, pixel_url=pixel, **self._link_options)
-            elif hrefs:
-                edits[s.part.index] = rewrite.text_edits(s.part.text, hrefs, **self._link_options)
-        return edit_message(parsed, edits)
 
     # -- bookkeeping after the fact -------------------------------------------------------------
 

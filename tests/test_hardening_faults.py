@@ -228,7 +228,7 @@ def test_a_bug_after_the_rows_are_written_answers_451_and_leaves_no_row(relay, u
         raise RuntimeError("a bug met while rewriting a copy")
 
     with monkeypatch.context() as patched:
-        patched.setattr(relay.handler.processor, "_rewrite", bug)
+        patched.setattr(relay.handler.processor.renderer, "render", bug)
         assert send(relay.config.listen, "late-bug@example.org") == REPLY_LOCAL_ERROR
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Message)) == 0
@@ -240,10 +240,10 @@ def test_a_bug_after_the_rows_are_written_answers_451_and_leaves_no_row(relay, u
 
 
 def test_a_copy_that_cannot_be_rewritten_goes_untracked_with_an_incident(relay, upstream, sessions, monkeypatch):
-    def unreadable(*args):
-        raise MimeError("a part this copy cannot decode")
+    def unreadable(parsed, scanned, message_ids, targets):
+        return [MimeError("a part this copy cannot decode") for _ in message_ids]
 
-    monkeypatch.setattr(relay.handler.processor, "_rewrite", unreadable)
+    monkeypatch.setattr(relay.handler.processor.renderer, "render", unreadable)
     assert send(relay.config.listen, "plain@example.org") == "250"
     relay.wait_idle()
     assert delivered(upstream) == Counter(["plain@example.org"])
