@@ -84,6 +84,30 @@ def test_recurring_without_a_run_header_a_quiet_gap_starts_a_new_run(relay, upst
     assert a == b == c != d
 
 
+def test_last_message_at_follows_the_messages_to_the_second_without_a_write_for_each(relay, upstream, sessions):
+    """The quiet gap is measured from an execution's last message: that time is kept to the second
+    (a newsletter at 100 messages a second updates the execution's row once a second)."""
+
+    def last_message_at() -> dt.datetime:
+        with sessions() as session:
+            (execution,) = session.scalars(select(Execution)).all()
+            return execution.last_message_at
+
+    clock = relay_at(relay, T0)
+    send(relay, "X-HotClicks-Type: recurring\n")
+    clock.now = T0 + dt.timedelta(milliseconds=600)
+    send(relay, "X-HotClicks-Type: recurring\n", "bob@example.org")
+    assert last_message_at() == T0
+    clock.now = T0 + dt.timedelta(seconds=1, milliseconds=200)
+    send(relay, "X-HotClicks-Type: recurring\n", "cid@example.org")
+    assert last_message_at() == T0 + dt.timedelta(seconds=1, milliseconds=200)
+    # A gap measured from a time at most a second stale: a new run once it is over.
+    clock.now = T0 + dt.timedelta(hours=1, seconds=2)
+    send(relay, "X-HotClicks-Type: recurring\n", "dan@example.org")
+    a, b, c, d = execution_ids(sessions)
+    assert a == b == c != d
+
+
 def test_transactional_one_execution_per_month_and_a_new_one_on_republish(relay, upstream, sessions):
     clock = relay_at(relay, T0)  # 31 March, 22:00 UTC
     transactional = "X-HotClicks-Type: transactional\nX-HotClicks-Version: {v}\n"
