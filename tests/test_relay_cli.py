@@ -45,6 +45,7 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path):
         (["--base-url", "https://t.example/t", "--secret-key", "k", "--auth-database"], "--auth-database needs --tls-cert-file"),
         (["--base-url", "https://t.example/t", "--secret-key", "k", "--max-connections", "0"], "--max-connections must be at least 1"),
         (["--base-url", "https://t.example/t", "--secret-key", "k", "--client-timeout", "0s"], "--client-timeout must be longer than 0 s"),
+        (["--base-url", "https://t.example/t", "--secret-key", "k", "--rewrite-workers", "-1"], "--rewrite-workers: '-1' is not valid"),
     ],
 )
 def test_a_bad_setting_fails_at_start_saying_what_to_fix(argv, message, capsys, monkeypatch, tmp_path):
@@ -52,6 +53,15 @@ def test_a_bad_setting_fails_at_start_saying_what_to_fix(argv, message, capsys, 
         monkeypatch.delenv(f"HOTCLICKS_{option.env}", raising=False)
     assert main([*argv, "--spool-dir", str(tmp_path / "spool")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_rewrite_workers_auto_is_one_when_there_is_another_core(monkeypatch):
+    monkeypatch.delenv("HOTCLICKS_REWRITE_WORKERS", raising=False)
+    for cpus, workers in ((1, 0), (2, 1), (64, 1)):
+        monkeypatch.setattr("os.cpu_count", lambda: cpus)
+        settings = resolve_settings(_parser().parse_args([]), {"HOTCLICKS_SECRET_KEY": "k"})
+        assert settings["rewrite_workers"] == workers
+    assert resolve_settings(_parser().parse_args(["--rewrite-workers", "3"]), {})["rewrite_workers"] == 3
 
 
 def test_an_unknown_flag_or_choice_is_a_usage_error(capsys):
