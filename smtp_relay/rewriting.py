@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -44,6 +44,14 @@ class LinkOptions:
     personal_params: frozenset[str] = frozenset()
     excluded_domains: frozenset[str] = frozenset()
     tracked_prefixes: tuple[str, ...] = ()
+
+    def keywords(self) -> dict[str, Collection[str]]:
+        """The options as the rewriter's functions take them."""
+        return {
+            "personal_params": self.personal_params,
+            "excluded_domains": self.excluded_domains,
+            "tracked_prefixes": self.tracked_prefixes,
+        }
 
 
 @dataclass(frozen=True)
@@ -86,12 +94,7 @@ def _part_links(
     Cached: a newsletter's parts are the same text for each of its recipients.
     """
     find = rewrite.find_html_links if name == "html" else rewrite.find_text_links
-    found = find(
-        text,
-        personal_params=options.personal_params,
-        excluded_domains=options.excluded_domains,
-        tracked_prefixes=options.tracked_prefixes,
-    )
+    found = find(text, **options.keywords())
     # A target with undecodable bytes cannot be stored nor signed faithfully: left alone.
     kept = tuple(link for link in found if storable(link.key) == link.key and storable(link.url) == link.url)
     specs = tuple(
@@ -130,7 +133,7 @@ def render_copy(
     """One recipient's copy: each link to its tracked URL, the open pixel in the HTML."""
     base = maker.base_url
     pixel = links.open_url(signer, base, message_id) if maker.open_pixel else None
-    options = maker.options
+    options = maker.options.keywords()
     edits = {}
     for s in scanned:
         hrefs = {}
@@ -139,22 +142,9 @@ def render_copy(
             personal = None if link.url == tracked_target else link.url
             hrefs[link.index] = links.click_url(signer, base, message_id, tracked_id, personal)
         if s.name == "html":
-            edits[s.part.index] = rewrite.html_edits(
-                s.part.text,
-                hrefs,
-                personal_params=options.personal_params,
-                excluded_domains=options.excluded_domains,
-                tracked_prefixes=options.tracked_prefixes,
-                pixel_url=pixel,
-            )
+            edits[s.part.index] = rewrite.html_edits(s.part.text, hrefs, pixel_url=pixel, **options)
         elif hrefs:
-            edits[s.part.index] = rewrite.text_edits(
-                s.part.text,
-                hrefs,
-                personal_params=options.personal_params,
-                excluded_domains=options.excluded_domains,
-                tracked_prefixes=options.tracked_prefixes,
-            )
+            edits[s.part.index] = rewrite.text_edits(s.part.text, hrefs, **options)
     return edit_message(parsed, edits)
 
 

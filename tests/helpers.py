@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
 
 from smtp_relay import RelayController
 from smtp_relay.config import RelayConfig
+
+REPO = Path(__file__).resolve().parent.parent
 
 #: Where the tests' Flask app serves the tracking routes, as the relay is told.
 BASE_URL = "http://hotclicks.test/t"
@@ -112,3 +119,33 @@ def play_the_demo(shop, relay, upstream, *, subscribers: int, seed: int) -> list
         for r in simulate.plan([m.data for m in upstream.messages], BASE_URL, seed=seed)
     ]
     return simulate.run(requests)
+
+
+def cli_relay(
+    port: int,
+    upstream: tuple[str, int],
+    database_url: str,
+    spool_dir: Path,
+    secret_key: str,
+    output: IO[bytes],
+    *flags: str,
+) -> subprocess.Popen:
+    """``python -m smtp_relay`` on 127.0.0.1:``port`` as an operator runs it, its output to
+    ``output``; ``flags`` are added. No HOTCLICKS_* variable of the test run reaches it."""
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "smtp_relay",
+            "--listen", f"127.0.0.1:{port}",
+            "--upstream", f"{upstream[0]}:{upstream[1]}",
+            "--database-url", database_url,
+            "--base-url", BASE_URL,
+            "--secret-key", secret_key,
+            "--spool-dir", str(spool_dir),
+            "--hostname", "relay.test",
+            *flags,
+        ],
+        cwd=REPO,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("HOTCLICKS_")},
+    )

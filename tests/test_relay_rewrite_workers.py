@@ -8,7 +8,6 @@ import os
 import signal
 import smtplib
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +17,8 @@ from hotclicks.errors import MimeError
 from smtp_relay.rewriting import CopyMaker, CopyRenderer, LinkOptions, scan_message
 
 from .conftest import SECRET_KEY, free_port
-from .helpers import BASE_URL, newsletter, tracked_hrefs
+from .helpers import BASE_URL, cli_relay, newsletter, tracked_hrefs
 
-REPO = Path(__file__).resolve().parent.parent
 PATIENCE = 60
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc (Linux)")
@@ -123,22 +121,9 @@ def _pool_pids(renderer: CopyRenderer) -> set[int]:
 
 def _start_relay(database_url: str, upstream, tmp_path: Path, port: int) -> subprocess.Popen:
     with open(tmp_path / "relay.log", "wb") as log:
-        return subprocess.Popen(
-            [
-                sys.executable, "-m", "smtp_relay",
-                "--listen", f"127.0.0.1:{port}",
-                "--upstream", f"{upstream.hostname}:{upstream.port}",
-                "--database-url", database_url,
-                "--base-url", BASE_URL,
-                "--secret-key", SECRET_KEY,
-                "--spool-dir", str(tmp_path / "spool"),
-                "--hostname", "relay.test",
-                "--rewrite-workers", "1",
-            ],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("HOTCLICKS_")},
+        return cli_relay(
+            port, (upstream.hostname, upstream.port), database_url, tmp_path / "spool", SECRET_KEY, log,
+            "--rewrite-workers", "1",
         )
 
 

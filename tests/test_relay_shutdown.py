@@ -4,19 +4,16 @@ the upstream), refuses new connections, hangs up on idle clients with 421, and e
 
 from __future__ import annotations
 
-import os
 import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from .conftest import SECRET_KEY, free_port
-from .helpers import BASE_URL, newsletter
+from .helpers import cli_relay, newsletter
 
-REPO = Path(__file__).resolve().parent.parent
 #: Bound on each wait (the relay's own shutdown bound is 30 s).
 PATIENCE = 60
 
@@ -45,21 +42,8 @@ def test_sigterm_finishes_the_transaction_in_flight_refuses_new_connections_and_
     port = free_port()
     log = tmp_path / "relay.log"
     with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "smtp_relay",
-                "--listen", f"127.0.0.1:{port}",
-                "--upstream", f"{upstream.hostname}:{upstream.port}",
-                "--database-url", database_url,
-                "--base-url", BASE_URL,
-                "--secret-key", SECRET_KEY,
-                "--spool-dir", str(tmp_path / "spool"),
-                "--hostname", "relay.test",
-            ],
-            cwd=REPO,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("HOTCLICKS_")},
+        process = cli_relay(
+            port, (upstream.hostname, upstream.port), database_url, tmp_path / "spool", SECRET_KEY, output
         )
     try:
         _wait(lambda: _accepts(port), "the relay did not listen", process, log)

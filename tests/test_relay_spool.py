@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import os
 import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,9 +25,8 @@ from smtp_relay.handler import REPLY_DATABASE_UNAVAILABLE, REPLY_SPOOL_FULL
 from smtp_relay.spool import iter_entries
 
 from .conftest import SECRET_KEY, Upstream, free_port
-from .helpers import BASE_URL, newsletter
+from .helpers import cli_relay, newsletter
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def send(listen, message: bytes, recipients=("ann@example.org",), subject: str | None = None) -> None:
@@ -193,22 +190,8 @@ def relay_process(tmp_path, engine, database_url):
         return process
 
     def _popen(output) -> subprocess.Popen:
-        return subprocess.Popen(
-            [
-                sys.executable, "-m", "smtp_relay",
-                "--listen", f"127.0.0.1:{port}",
-                "--upstream", f"127.0.0.1:{upstream_port}",
-                "--database-url", database_url,
-                "--base-url", BASE_URL,
-                "--secret-key", SECRET_KEY,
-                "--spool-dir", str(spool),
-                "--upstream-timeout", "5",
-                "--hostname", "relay.test",
-            ],
-            cwd=REPO,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("HOTCLICKS_")},
+        return cli_relay(
+            port, ("127.0.0.1", upstream_port), database_url, spool, SECRET_KEY, output, "--upstream-timeout", "5"
         )
 
     start.port, start.upstream_port, start.spool = port, upstream_port, spool  # type: ignore[attr-defined]
