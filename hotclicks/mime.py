@@ -637,7 +637,8 @@ def _edited_data(
             rest = text[pos:].encode(codec, errors)
             if b"".join(old_pieces) + rest == dec.data:
                 return b"".join(new_pieces) + rest, changes
-    pieces, pos = [], 0
+    pieces: list[str] = []
+    pos = 0
     for start, end, value in edits:
         pieces += (text[pos:start], value)
         pos = end

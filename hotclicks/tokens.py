@@ -104,7 +104,7 @@ class TokenSigner:
         self._macs = [hmac.new(key, digestmod=hashlib.sha256) for key in keys]
 
     @staticmethod
-    def _tag(mac: hmac.HMAC, payload: bytes) -> bytes:
+    def _tag(mac: hmac.HMAC, payload: bytes | bytearray) -> bytes:
         mac = mac.copy()
         mac.update(payload)
         return mac.digest()[:TAG_SIZE]

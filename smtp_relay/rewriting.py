@@ -21,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import lru_cache
+from multiprocessing.context import BaseContext
 
 from hotclicks import links, rewrite
 from hotclicks.errors import MimeError
@@ -256,9 +257,11 @@ class CopyRenderer:
             if self._pool is None:
                 # forkserver: workers start from a clean process that has imported the rewriting
                 # once, not from a copy of this one with its threads, locks and connections.
+                context: BaseContext
                 if "forkserver" in multiprocessing.get_all_start_methods():
-                    context = multiprocessing.get_context("forkserver")
-                    context.set_forkserver_preload([__name__])
+                    forkserver = multiprocessing.get_context("forkserver")
+                    forkserver.set_forkserver_preload([__name__])
+                    context = forkserver
                 else:
                     context = multiprocessing.get_context("spawn")
                 self._pool = ProcessPoolExecutor(
