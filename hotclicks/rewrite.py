@@ -218,7 +218,7 @@ _NO_HOST = rf"{_ci('http')}[Ss]?://"
 
 def _placeholder_value(quote: str) -> str:
     """A value quoted with ``quote`` that holds one of the common placeholders ("{{...}}",
-    "*|...|*", "%%name%%"; see _PLACEHOLDER), and no "&" (a character reference could hide what
+    "*|...|*", "%%name%%"; see _has_placeholder), and no "&" (a character reference could hide what
     it is) or "[" (an IPv6 host, which _has_placeholder sets aside, could hold it).
 
     Each opener is looked for once, at its first occurrence, so the time stays linear in the
@@ -429,12 +429,24 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
 _AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://([^/?#\\]*)")
 #: The common authority: a plain host (no user, port or IPv6 address), read at once.
 _PLAIN_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://([^/?#\\@:\[]*+)(?![^/?#\\])")
-#: Unrendered template placeholders: such an href is the template engine's, not ours to track.
-_PLACEHOLDER = re.compile(
-    r"\{\{.*?\}\}|\{%.*?%\}|\*\|.*?\|\*|%%[^%]+%%|<%.*?%>|\$\{.*?\}|%7B%7B.*?%7D%7D|\[[^\[\]]*\]",
-    re.DOTALL | re.IGNORECASE,
+# Unrendered template placeholders: such an href is the template engine's, not ours to track.
+# Every test below stays linear in the href's length (the relay reads the hrefs of any message a
+# stranger sends): an opener is looked for once, at its first occurrence, and then its closer
+# after it, never again from every later opener ("{" * 100000 would take minutes).
+#: "{{...}}", "{%...%}", "*|...|*", "<%...%>", "${...}": an opener, then its closer after it.
+_PLACEHOLDER_PAIRS = (("{{", "}}"), ("{%", "%}"), ("*|", "|*"), ("<%", "%>"), ("${", "}"))
+#: "%7B%7B...%7D%7D" ("{{...}}" percent-encoded, in either case): the opener, then the closer.
+_ENCODED_OPENER = re.compile(r"%7[Bb]%7[Bb]")
+_ENCODED_CLOSER = re.compile(r"%7[Dd]%7[Dd]")
+#: "%%name%%" and "[...]": each run read here ends at the next "%" or bracket, so no character
+#: is read twice.
+_PLACEHOLDER = re.compile(r"%%[^%]+%%|\[[^\[\]]*\]")
+#: An IPv6 host with its scheme (and user): the scheme starts at the first letter of its run of
+#: scheme characters, which is read once (a search from each letter would read it again).
+_IPV6_AUTHORITY = re.compile(
+    r"(?<![A-Za-z0-9+.\-])[0-9+.\-]*+"
+    r"(?P<authority>[A-Za-z][A-Za-z0-9+.\-]*+://(?:[^/?#@\[]*@)?\[[0-9A-Fa-f:.]+\])"
 )
-_IPV6_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^/?#@\[]*@)?\[[0-9A-Fa-f:.]+\]")
 
 
 def _clean_url(value: str) -> str:
@@ -445,10 +457,20 @@ def _clean_url(value: str) -> str:
 
 
 def _has_placeholder(url: str) -> bool:
+    """Whether the href holds an unrendered template placeholder, in time linear in its length."""
     if not ("{" in url or "|" in url or "%" in url or "[" in url):
-        return False  # the common case, decided without the regex
+        return False  # the common case, decided at once
     if "[" in url:
-        url = _IPV6_AUTHORITY.sub("", url, count=1)  # an IPv6 host is not a placeholder
+        ipv6 = _IPV6_AUTHORITY.search(url)
+        if ipv6 is not None:  # an IPv6 host is not a placeholder: the first one is set aside
+            url = url[: ipv6.start("authority")] + url[ipv6.end() :]
+    for opener, closer in _PLACEHOLDER_PAIRS:
+        at = url.find(opener)
+        if at >= 0 and url.find(closer, at + len(opener)) >= 0:
+            return True
+    encoded = _ENCODED_OPENER.search(url)
+    if encoded is not None and _ENCODED_CLOSER.search(url, encoded.end()) is not None:
+        return True
     return _PLACEHOLDER.search(url) is not None
 
 
@@ -559,10 +581,14 @@ _STRIP_MARKUP = re.compile(
     r"|<[A-Za-z/!?][^>\"']*+(?:(?:\"[^\"]*\"|'[^']*')[^>\"']*+)*+>?"
 )
 # Case-insensitive as re.IGNORECASE would make it ("i" also matches "\u0130" and "\u0131"), but
-# spelled out: a pattern that starts with a literal "<" is searched for much faster.
+# spelled out: a pattern that starts with a literal "<" is searched for much faster. The tag is
+# read a piece at a time (a run of other characters, one separator, a quoted value), and an alt is
+# looked for after each piece: so also after a run of separators, as in 'src="x.png"\n\t\talt='.
+# Other whitespace (a no-break space...) still counts before "alt" only where it always did: not
+# right after a separator, where HTML reads it as part of a name.
 _IMG_ALT = re.compile(
-    r"<[Ii\u0130\u0131][Mm][Gg]\b(?:[^>\"']++|\"[^\"]*\"|'[^']*')*?[\s\"'/][Aa][Ll][Tt]\s*=\s*"
-    r"(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+))"
+    rf"<[Ii\u0130\u0131][Mm][Gg]\b(?:[^>\"'{_WS}/]++|[{_WS}/]|\"[^\"]*\"|'[^']*')*?"
+    rf"(?:[{_WS}/\"']|(?<![{_WS}/])\s)[Aa][Ll][Tt]\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+))"
 )
 #: How far after a link tag its text is looked for.
 _LABEL_WINDOW = 20000

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import signal
+from collections.abc import Callable
+from types import FrameType
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -256,6 +259,62 @@ def test_an_ipv6_host_is_not_a_placeholder() -> None:
     assert urls('<a href="http://[2001:db8::1]/x">x</a>') == ["http://[2001:db8::1]/x"]
 
 
+def within_seconds(seconds: float, work: Callable[[], object]) -> object:
+    """``work()``, interrupted by an alarm signal when it is still working after ``seconds``.
+
+    Not a speed measure: the bound is far above what linear work takes on the tests' inputs, and
+    far below what quadratic work on them takes (minutes). A signal, not a thread: a regular
+    expression search holds the interpreter's lock until it ends, but the alarm interrupts it.
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise TimeoutError(f"still working after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return work()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# A hostile message's href: an opener repeated, with its closer at the end or nowhere. A search
+# from each opener to the end of the href made the time taken grow with the square of its length.
+HOSTILE_SIZE = 200_000
+HOSTILE_PATHS = {  # a name: (the path of the href, what closes its placeholder)
+    "{": ("{" * HOSTILE_SIZE, "}}"),
+    "{%": ("{%" * (HOSTILE_SIZE // 2), "%}"),
+    "*|": ("*|" * (HOSTILE_SIZE // 2), ""),  # "*|*|" holds its own closer: always a placeholder
+    "*|-": ("*|-" * (HOSTILE_SIZE // 3), "|*"),
+    "%%": ("%%" * (HOSTILE_SIZE // 2), "name%%"),  # "%%%%" alone is no placeholder
+    "${": ("${" * (HOSTILE_SIZE // 2), "}"),
+    "<%": ("<%" * (HOSTILE_SIZE // 2), "%>"),
+    "%7B%7B": ("%7B%7B" * (HOSTILE_SIZE // 6), "%7D%7D"),
+    "%7b%7B": ("%7b%7B" * (HOSTILE_SIZE // 6), "%7d%7D"),
+    "[": ("[" * HOSTILE_SIZE, "]"),
+    # A run of scheme characters, read before an IPv6 host ("[") is looked for.
+    "aaa[": ("a" * HOSTILE_SIZE + "[", "]"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_PATHS)
+def test_an_href_full_of_placeholder_openers_is_decided_in_linear_time(name: str) -> None:
+    path, closer = HOSTILE_PATHS[name]
+    url = "https://x.example/" + path
+    closed = url + closer
+    html = (
+        f'<a href="{url}">1</a><a class="b" href="{url}">2</a>'
+        f'<a href="{closed}">3</a><a class="b" href="{closed}">4</a>'
+    )
+    tracked = [] if name == "*|" else [url]
+    links = within_seconds(10, lambda: find_html_links(html))
+    assert [link.url for link in links] == tracked * 2  # type: ignore[attr-defined]
+    if "<" not in path:  # a "<" ends a URL in text
+        text = within_seconds(10, lambda: find_text_links(f"See {url} or {closed}"))
+        assert [link.url for link in text] == tracked  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("href", ["http://", " HTTPS:// ", "{{action_url}}", "*|UNSUB|*", "%%unsub%%"])
 def test_untracked_hrefs_anywhere_in_a_link_leave_the_other_links_and_markers_alone(
     href: str,
@@ -497,6 +556,18 @@ def test_labels() -> None:
     assert labels[:2] == ["Read the full story…", "Our logo"]
     assert len(labels[2]) == 200 and labels[2].startswith("word word")
     assert labels[3] == ""
+
+
+def test_an_image_alt_is_found_after_any_separators_between_attributes() -> None:
+    # Templates often write one attribute a line, indented with tabs.
+    html = (
+        '<a href="https://x.example/1"><img src="fall.png"\n\t\t\talt="Fall"></a>'
+        "<a href='https://x.example/2'><img width=600\r\n  /ALT='Winter sale'\f alt=\"2nd\"></a>"
+        '<a href="https://x.example/3"><img src=a.png alt=Spring></a>'
+        '<a href="https://x.example/4"><img src="a.png"\n\t></a><img\n\talt="Not in the link">'
+    )
+    labels = [link.label for link in find_html_links(html)]
+    assert labels == ["Fall", "Winter sale", "Spring", ""]
 
 
 # --------------------------------------------------------------------------------------------
