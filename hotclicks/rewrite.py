@@ -1002,17 +1002,20 @@ _TRAILING = ".,;:!?'’\"”»"
 
 
 def _trim(url: str) -> str:
-    while url:
-        last = url[-1]
+    """``url`` without the punctuation that ends the sentence around it, and without a ``)`` or
+    ``]`` that it does not open; linear in the URL's length, however much there is to trim."""
+    end = len(url)
+    unmatched = {")": url.count(")") - url.count("("), "]": url.count("]") - url.count("[")}
+    while end:
+        last = url[end - 1]
         if last in _TRAILING:
-            url = url[:-1]
-        elif last == ")" and url.count("(") < url.count(")"):
-            url = url[:-1]
-        elif last == "]" and url.count("[") < url.count("]"):
-            url = url[:-1]
+            end -= 1
+        elif last in unmatched and unmatched[last] > 0:
+            unmatched[last] -= 1
+            end -= 1
         else:
             break
-    return url
+    return url[:end]
 
 
 def _text_links(text: str, options: _Options) -> list[Link]:

@@ -298,6 +298,15 @@ HOSTILE_PATHS = {  # a name: (the path of the href, what closes its placeholder)
 }
 
 
+
+@pytest.mark.parametrize("tail", [")", "]", ".", "),", ")].!"])
+def test_a_text_url_ending_in_a_long_run_of_punctuation_is_trimmed_in_linear_time(tail: str) -> None:
+    """Trimming one character at a time and counting brackets each time took the square of the
+    run's length (35 s for 200,000 characters of ")"): a hostile text part stalled the relay."""
+    run = tail * (HOSTILE_SIZE // len(tail))
+    links = within_seconds(10, lambda: find_text_links(f"See https://x.example/a(b){run} now"))
+    assert [link.url for link in links] == ["https://x.example/a(b)"]
+
 @pytest.mark.parametrize("name", HOSTILE_PATHS)
 def test_an_href_full_of_placeholder_openers_is_decided_in_linear_time(name: str) -> None:
     path, closer = HOSTILE_PATHS[name]
