@@ -71,7 +71,12 @@ class RelaySMTP(SMTP):
     - an idle timeout that counts from the last byte received (aiosmtpd's counts from the last
       command, which would cut a slow but steady DATA), paused while the handler works;
     - AUTH checked in a thread (scrypt and the database never block the loop), failures logged
-      with the client and login and throttled per client (:class:`~smtp_relay.auth.AuthThrottle`).
+      with the client and login and throttled per client (:class:`~smtp_relay.auth.AuthThrottle`);
+    - DATA read in large pieces, not a line at a time (:meth:`smtp_DATA`).
+
+    Some of this uses aiosmtpd's private attributes (``_reader``, ``_handle_hooks``,
+    ``_set_post_data_state``, the timeout's); ``tests/test_relay_data.py`` and
+    ``tests/test_relay_abuse.py`` show it when an aiosmtpd release changes them.
     """
 
     line_length_limit = 256 * 1024

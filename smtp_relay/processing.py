@@ -244,7 +244,7 @@ class MessageProcessor:
         stripped = edit_headers(raw, remove=remove)
         incidents = [dkim_incident] if dkim_incident else []
         try:
-            parsed, scanned = self._scan(stripped)
+            parsed, scanned = scan_message(stripped, self._link_options)
         except MimeError as exc:
             log.warning("delivery %s: forwarding without rewriting links: %s", marks.delivery, exc)
             incidents.append(Incident(INCIDENT_UNPARSED, f"links not rewritten: {exc}", mail_from, recipients, None, message_id_header))
@@ -308,9 +308,6 @@ class MessageProcessor:
                 data = self.dkim.sign(data)
             copies.append(Outgoing([row.address], data, row.message_id, note, delivery, execution_id))
         return copies, failed
-
-    def _scan(self, raw: bytes) -> tuple[ParsedMessage, list[ScannedPart]]:
-        return scan_message(raw, self._link_options)
 
     def _record(
         self,
