@@ -1018,7 +1018,10 @@ def _trim(url: str) -> str:
     return url[:end]
 
 
-def _text_links(text: str, options: _Options) -> list[Link]:
+@lru_cache(maxsize=16)
+def _text_links(text: str, options: _Options) -> tuple[Link, ...]:
+    """The trackable URLs of a text part. Cached, as :func:`_scan`: the relay finds the links
+    of a part once and then rewrites the part once per recipient."""
     spans: list[tuple[int, int, str, str]] = []
     for m in _TEXT_URL.finditer(text):
         if m.group("angled") is not None:
@@ -1030,10 +1033,10 @@ def _text_links(text: str, options: _Options) -> list[Link]:
         if target is not None:
             spans.append((start, start + len(written), written, target))
     keys = _keys([(t, None, False) for *_, t in spans], options.personal)
-    return [
+    return tuple(
         _new_link(i, s, e, "", raw, t, "text", "", None, False, keys[i])
         for i, (s, e, raw, t) in enumerate(spans)
-    ]
+    )
 
 
 def find_text_links(
@@ -1050,7 +1053,7 @@ def find_text_links(
     and a ``)`` or ``]`` the URL does not open stay out of it. Exclusions and keys are those of
     :func:`find_html_links`.
     """
-    return _text_links(text, _Options.of(personal_params, excluded_domains, tracked_prefixes))
+    return list(_text_links(text, _Options.of(personal_params, excluded_domains, tracked_prefixes)))
 
 
 def rewrite_text(
