@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hotclicks import links
 from hotclicks.errors import MimeError
-from hotclicks.executions import HEADERS, MarkError, Marks, read_marks
+from hotclicks.executions import HEADERS, MarkError, Marks, execution_for, read_marks
 from hotclicks.mime import ParsedMessage, edit_headers, read_headers
 from hotclicks.models import (
     DeliveryType,
@@ -40,6 +40,7 @@ from hotclicks.models import (
     utcnow,
 )
 from hotclicks.store import (
+    LAST_MESSAGE_RESOLUTION,
     LinkSpec,
     delivery_id,
     ensure_tracked_urls,
@@ -142,6 +143,7 @@ class _Learned:
     results: dict[int, Any] = field(default_factory=dict)
     deliveries: dict[str, int] = field(default_factory=dict)
     known: dict[tuple[int, str], tuple[dict[tuple[str, str], TrackedUrl], int]] = field(default_factory=dict)
+    executions: dict[tuple[int, str], tuple[int, dt.datetime]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,10 @@ class MessageProcessor:
         self._known: dict[tuple[int, str], tuple[dict[tuple[str, str], TrackedUrl], int]] = {}
         #: Delivery code -> id. Deliveries are never deleted.
         self._deliveries: dict[str, int] = {}
+        #: (delivery id, execution key) -> (execution id, when this relay last resolved it), for
+        #: the executions whose key the message's marks decide alone (all but a recurring
+        #: delivery without a run header, whose run depends on the latest execution).
+        self._executions: dict[tuple[int, str], tuple[int, dt.datetime]] = {}
         self._group = threading.Condition()
         self._waiting: list[_Job] = []
         self._leading = False
@@ -387,6 +393,9 @@ class MessageProcessor:
         if len(self._known) > 10_000:
             self._known.clear()
         self._known.update(learned.known)
+        if len(self._executions) > 10_000:
+            self._executions.clear()
+        self._executions.update(learned.executions)
         for job in learned.jobs:
             job.finish(result=learned.results[id(job)])
 
@@ -399,6 +408,29 @@ class MessageProcessor:
                 learned.results[id(job)] = self._write_one(session, connection, job, learned)
         return learned
 
+    def _execution_id(self, connection: Connection, job: _Job, delivery: int, learned: _Learned) -> int:
+        """The message's execution: from memory when this relay resolved it less than
+        LAST_MESSAGE_RESOLUTION ago and the marks alone decide it (no statement per message),
+        else from the database (which moves its last_message_at)."""
+        marks = job.marks
+        key = None
+        if marks.type is not DeliveryType.RECURRING or marks.run is not None:
+            key = (delivery, execution_for(marks, job.now, period=self.config.transactional_period).key)
+            seen = learned.executions.get(key) or self._executions.get(key)
+            if seen is not None and dt.timedelta(0) <= job.now - seen[1] < LAST_MESSAGE_RESOLUTION:
+                return seen[0]
+        execution_id = resolve_execution_id(
+            connection,
+            marks,
+            job.now,
+            delivery=delivery,
+            period=self.config.transactional_period,
+            quiet_gap=self.config.quiet_gap,
+        )
+        if key is not None:
+            learned.executions[key] = (execution_id, job.now)
+        return execution_id
+
     def _write_one(
         self, session: Session, connection: Connection, job: _Job, learned: _Learned
     ) -> tuple[int, list[_Row], dict[tuple[str, str], TrackedUrl]]:
@@ -408,14 +440,7 @@ class MessageProcessor:
         if delivery is None:
             delivery = delivery_id(connection, marks)
         learned.deliveries[marks.delivery] = delivery
-        execution_id = resolve_execution_id(
-            connection,
-            marks,
-            job.now,
-            delivery=delivery,
-            period=self.config.transactional_period,
-            quiet_gap=self.config.quiet_gap,
-        )
+        execution_id = self._execution_id(connection, job, delivery, learned)
         execution: Execution | None = None
         known = self._known.get((execution_id, job.signature)) or learned.known.get((execution_id, job.signature))
         if known is None:

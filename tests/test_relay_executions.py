@@ -108,6 +108,29 @@ def test_last_message_at_follows_the_messages_to_the_second_without_a_write_for_
     assert a == b == c != d
 
 
+def test_messages_within_a_second_land_in_the_execution_their_marks_name(relay, upstream, sessions):
+    """The relay remembers the executions it resolved in the last second; the marks, the period
+    and the version still decide, message by message."""
+    month_end = dt.datetime(2025, 3, 31, 23, 59, 59, 500_000, tzinfo=dt.timezone.utc)
+    clock = relay_at(relay, month_end)
+    send(relay, "X-HotClicks-Version: 1\n")
+    clock.now += dt.timedelta(milliseconds=100)
+    send(relay, "X-HotClicks-Version: 2\n", "bob@example.org")
+    clock.now += dt.timedelta(milliseconds=100)
+    send(relay, "X-HotClicks-Version: 1\n", "cid@example.org")
+    receipt = "X-HotClicks-Type: transactional\n"
+    send(relay, receipt, "dan@example.org", delivery="r")
+    clock.now += dt.timedelta(milliseconds=300)  # April now, less than a second later
+    send(relay, receipt, "eve@example.org", delivery="r")
+    clock.now += dt.timedelta(milliseconds=100)
+    send(relay, receipt, "fay@example.org", delivery="r")
+    v1, v2, v1_again, march, april, april_again = execution_ids(sessions)
+    assert v1 == v1_again != v2
+    assert march != april == april_again
+    with sessions() as session:
+        assert session.get(Execution, april).period == "2025-04"
+
+
 def test_transactional_one_execution_per_month_and_a_new_one_on_republish(relay, upstream, sessions):
     clock = relay_at(relay, T0)  # 31 March, 22:00 UTC
     transactional = "X-HotClicks-Type: transactional\nX-HotClicks-Version: {v}\n"
