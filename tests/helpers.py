@@ -6,6 +6,7 @@ import email
 import email.policy
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -149,3 +150,12 @@ def cli_relay(
         stderr=subprocess.STDOUT,
         env={k: v for k, v in os.environ.items() if not k.startswith("HOTCLICKS_")},
     )
+
+
+def accepts(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False

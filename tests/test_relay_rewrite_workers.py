@@ -17,7 +17,7 @@ from hotclicks.errors import MimeError
 from smtp_relay.rewriting import CopyMaker, CopyRenderer, LinkOptions, scan_message
 
 from .conftest import SECRET_KEY, free_port
-from .helpers import BASE_URL, cli_relay, newsletter, tracked_hrefs
+from .helpers import BASE_URL, accepts, cli_relay, newsletter, tracked_hrefs
 
 PATIENCE = 60
 
@@ -137,7 +137,7 @@ def test_no_worker_outlives_the_relay(engine, database_url, upstream, tmp_path, 
     port = free_port()
     relay = _start_relay(database_url, upstream, tmp_path, port)
     try:
-        assert wait_until(lambda: _listening(port)), (tmp_path / "relay.log").read_text()
+        assert wait_until(lambda: accepts(port)), (tmp_path / "relay.log").read_text()
         _send(port)
         assert wait_until(lambda: len(upstream.messages) == 1)
         (received,) = upstream.messages
@@ -154,13 +154,3 @@ def test_no_worker_outlives_the_relay(engine, database_url, upstream, tmp_path, 
         if relay.poll() is None:
             relay.kill()
             relay.wait()
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .conftest import SECRET_KEY, free_port
-from .helpers import cli_relay, newsletter
+from .helpers import accepts, cli_relay, newsletter
 
 #: Bound on each wait (the relay's own shutdown bound is 30 s).
 PATIENCE = 60
@@ -28,14 +28,6 @@ def _wait(condition, what: str, process: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"{what} within {PATIENCE} s: {log.read_text()}")
 
 
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 def test_sigterm_finishes_the_transaction_in_flight_refuses_new_connections_and_exits_0(
     engine, database_url, upstream, tmp_path
 ):
@@ -46,7 +38,7 @@ def test_sigterm_finishes_the_transaction_in_flight_refuses_new_connections_and_
             port, (upstream.hostname, upstream.port), database_url, tmp_path / "spool", SECRET_KEY, output
         )
     try:
-        _wait(lambda: _accepts(port), "the relay did not listen", process, log)
+        _wait(lambda: accepts(port), "the relay did not listen", process, log)
         idle = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE)
         assert idle.recv(1024).startswith(b"220")
         client = smtplib.SMTP("127.0.0.1", port, timeout=PATIENCE)
@@ -59,7 +51,7 @@ def test_sigterm_finishes_the_transaction_in_flight_refuses_new_connections_and_
         client.sock.sendall(body[: len(body) // 2])
 
         process.send_signal(signal.SIGTERM)
-        _wait(lambda: not _accepts(port), "the relay kept accepting connections", process, log)
+        _wait(lambda: not accepts(port), "the relay kept accepting connections", process, log)
         # The idle client is told and let go.
         said = b""
         while chunk := idle.recv(1024):

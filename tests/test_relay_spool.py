@@ -10,7 +10,6 @@ import datetime as dt
 import errno
 import signal
 import smtplib
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from smtp_relay.handler import REPLY_DATABASE_UNAVAILABLE, REPLY_SPOOL_FULL
 from smtp_relay.spool import iter_entries
 
 from .conftest import SECRET_KEY, Upstream, free_port
-from .helpers import cli_relay, newsletter
+from .helpers import accepts, cli_relay, newsletter
 
 
 
@@ -165,11 +164,9 @@ def _wait_listening(port: int, process: subprocess.Popen, log: Path, timeout: fl
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"the relay exited with {process.returncode}: {log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        if accepts(port):
             return
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     raise AssertionError(f"the relay did not listen within {timeout} s: {log.read_text()}")
 
 
