@@ -213,9 +213,17 @@ class CopyRenderer:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Start the workers (if any) now rather than with the first message."""
-        if self.workers:
+        """Start the workers (if any) now rather than with the first message. A machine that
+        cannot run them (no working multiprocessing: no /dev/shm, a sandbox) gets a warning and
+        the rewriting done in the relay process, not a relay that fails to start."""
+        if not self.workers:
+            return
+        try:
             self._get_pool().submit(_ready).result(60)
+        except Exception as exc:  # whatever the reason, the relay can do the work itself
+            log.warning("rewrite workers could not start (%s); rewriting in the relay process", exc)
+            self.stop()
+            self.workers = 0
 
     def stop(self) -> None:
         with self._lock:

@@ -114,6 +114,22 @@ def test_a_dead_worker_is_replaced_and_its_transaction_rendered_anyway():
         renderer.stop()
 
 
+def test_workers_that_cannot_start_leave_the_rewriting_to_the_relay_process(monkeypatch, caplog):
+    message = newsletter()
+    parsed, scanned = scan_message(message, MAKER.options)
+    renderer = CopyRenderer(MAKER, workers=1)
+
+    def no_processes(*args, **kwargs):
+        raise OSError("function not implemented: no /dev/shm here")
+
+    monkeypatch.setattr("smtp_relay.rewriting.ProcessPoolExecutor", no_processes)
+    renderer.start()
+    assert renderer.workers == 0
+    assert "rewrite workers could not start" in caplog.text
+    expected = CopyRenderer(MAKER, workers=0).render(parsed, scanned, [5], targets_of(message))
+    assert renderer.render(parsed, scanned, [5], targets_of(message)) == expected
+
+
 def _pool_pids(renderer: CopyRenderer) -> set[int]:
     pool = renderer._pool
     return set(pool._processes) if pool is not None else set()  # type: ignore[attr-defined]
