@@ -150,13 +150,14 @@ def render_copy(
 
 
 def render_copies(
-    raw: bytes, message_ids: Sequence[int], targets: Targets, signer: TokenSigner, maker: CopyMaker
+    parsed: ParsedMessage,
+    scanned: Sequence[ScannedPart],
+    message_ids: Sequence[int],
+    targets: Targets,
+    signer: TokenSigner,
+    maker: CopyMaker,
 ) -> list[bytes | MimeError]:
-    """Each message id's copy of ``raw``, or why it cannot be rewritten."""
-    try:
-        parsed, scanned = scan_message(raw, maker.options)
-    except MimeError as exc:
-        return [exc for _ in message_ids]
+    """Each message id's copy, or why it cannot be rewritten."""
     copies: list[bytes | MimeError] = []
     for message_id in message_ids:
         try:
@@ -195,7 +196,11 @@ def _watch_relay(relay_pid: int) -> None:
 
 def _render_in_worker(raw: bytes, message_ids: Sequence[int], targets: dict[tuple[str, str], tuple[int, str]]) -> list[bytes | MimeError]:
     assert _worker_signer is not None and _worker_maker is not None
-    return render_copies(raw, message_ids, targets, _worker_signer, _worker_maker)
+    try:
+        parsed, scanned = scan_message(raw, _worker_maker.options)
+    except MimeError as exc:  # the relay read it: cannot be, unless the two disagree
+        return [exc for _ in message_ids]
+    return render_copies(parsed, scanned, message_ids, targets, _worker_signer, _worker_maker)
 
 
 def _ready() -> bool:
@@ -235,7 +240,7 @@ class CopyRenderer:
         self, parsed: ParsedMessage, scanned: Sequence[ScannedPart], message_ids: Sequence[int], targets: Targets
     ) -> list[bytes | MimeError]:
         if not self.workers or not message_ids:
-            return self._render_here(parsed, scanned, message_ids, targets)
+            return render_copies(parsed, scanned, message_ids, targets, self.signer, self.maker)
         pool = self._get_pool()
         try:
             return pool.submit(_render_in_worker, parsed.raw, list(message_ids), dict(targets)).result()
@@ -247,18 +252,7 @@ class CopyRenderer:
                 if self._pool is pool:
                     self._pool = None
             pool.shutdown(wait=False)
-            return self._render_here(parsed, scanned, message_ids, targets)
-
-    def _render_here(
-        self, parsed: ParsedMessage, scanned: Sequence[ScannedPart], message_ids: Sequence[int], targets: Targets
-    ) -> list[bytes | MimeError]:
-        copies: list[bytes | MimeError] = []
-        for message_id in message_ids:
-            try:
-                copies.append(render_copy(parsed, scanned, message_id, targets, self.signer, self.maker))
-            except MimeError as exc:
-                copies.append(exc)
-        return copies
+            return render_copies(parsed, scanned, message_ids, targets, self.signer, self.maker)
 
     def _get_pool(self) -> ProcessPoolExecutor:
         with self._lock:
