@@ -1,8 +1,9 @@
 """Telling people from machines: the bot rules as plain functions over plain values.
 
-Link scanners (Microsoft Safe Links, Proofpoint, Mimecast, Barracuda), image proxies and
+Link scanners (Microsoft Safe Links, Proofpoint, Mimecast, Barracuda), Apple's image proxy and
 prefetchers follow the links and load the pixels of mail nobody has read yet. Their events are
-kept, flagged ``is_machine`` with a reason, and left out of every figure by default.
+kept, flagged ``is_machine`` with a reason, and left out of every figure by default. Gmail's and
+Yahoo's image proxies load the pixel when the person opens the message: people's opens.
 
 Three kinds of rule:
 
