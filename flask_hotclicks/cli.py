@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -25,6 +24,7 @@ from flask.cli import with_appcontext
 from hotclicks import db, links, store
 from hotclicks.errors import HotClicksError
 from hotclicks.models import utcnow
+from hotclicks.settings import parse_duration
 
 from .extension import HotClicksState, get_state
 
@@ -209,16 +209,12 @@ def stats(delivery: str) -> None:
     )
 
 
-_AGE = re.compile(r"^\s*(\d+)\s*([dhw]?)\s*$")
-
-
 def parse_age(value: str) -> dt.timedelta:
-    """``400d``, ``12w``, ``36h`` or a number of days."""
-    match = _AGE.match(value)
-    if match is None:
-        raise click.BadParameter(f"{value!r} is not an age like 400d, 12w or 36h", param_hint="--older-than")
-    amount, unit = int(match.group(1)), match.group(2) or "d"
-    return {"d": dt.timedelta(days=amount), "w": dt.timedelta(weeks=amount), "h": dt.timedelta(hours=amount)}[unit]
+    """``400d``, ``12w``, ``36h`` or a number of days: the relay's durations, counted in days when bare."""
+    try:
+        return parse_duration(value, default_unit="d")
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an age like 400d, 12w or 36h", param_hint="--older-than") from None
 
 
 @hotclicks_cli.command("purge", help="Delete clicks and opens older than an age; tracked URLs stay, so old links keep working.")

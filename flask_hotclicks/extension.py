@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from flask import Flask
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotclicks import db
+from hotclicks import db, settings
 from hotclicks.bots import BotRules
 from hotclicks.errors import ConfigurationError
 from hotclicks.journal import EventJournal, replay_orphans
@@ -24,66 +25,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flask_hotclicks")
 
-#: Every setting of the extension with its default: the one place they are defined. Each is
-#: read once, in ``init_app``; docs/flask-extension.md has the same list with more words.
-DEFAULT_CONFIG: dict[str, Any] = {
-    # SQLAlchemy URL of the database shared with the relay (SQLite or postgresql://).
-    "HOTCLICKS_DATABASE_URL": db.DEFAULT_DATABASE_URL,
-    # True: use the engine of the host app's Flask-SQLAlchemy instead of HOTCLICKS_DATABASE_URL.
-    "HOTCLICKS_USE_FLASK_SQLALCHEMY": False,
-    # The Flask-SQLAlchemy bind key whose engine is used (None: the default bind).
-    "HOTCLICKS_FLASK_SQLALCHEMY_BIND": None,
-    # Key that signs tracking links; the relay must be given the same. None: the app's SECRET_KEY.
-    "HOTCLICKS_SECRET_KEY": None,
-    # Older keys still accepted after a rotation, newest first (with SECRET_KEY as the key, the
-    # app's SECRET_KEY_FALLBACKS are used as well).
-    "HOTCLICKS_SECRET_KEY_FALLBACKS": [],
-    # Public URL of the tracking routes, as given to the relay's --base-url. Its path is where
-    # the routes are mounted; unset, they are mounted at HOTCLICKS_TRACKING_PREFIX.
-    "HOTCLICKS_BASE_URL": None,
-    # Where the tracking routes are mounted when HOTCLICKS_BASE_URL is unset.
-    "HOTCLICKS_TRACKING_PREFIX": "/t",
-    # Where the reports blueprint (pages and /api) is mounted.
-    "HOTCLICKS_REPORT_PREFIX": "/hotclicks",
-    # Who may see the reports when no @hotclicks.report_access check is registered (a registered
-    # check always decides): "debug" opens them in debug and testing mode only, True to anyone
-    # who reaches them (an app that protects the prefix itself, e.g. behind an authenticating
-    # proxy), False to nobody.
-    "HOTCLICKS_REPORTS_OPEN": "debug",
-    # Query parameters that identify a recipient: the list the relay is given. The reports show
-    # URLs without them (state.personal_params).
-    "HOTCLICKS_PERSONAL_PARAMS": [],
-    # Domains the relay leaves untracked: the list the relay is given (state.excluded_domains).
-    "HOTCLICKS_EXCLUDED_DOMAINS": [],
-    # A click this many seconds or less after its message was delivered is a scanner's (0: off).
-    "HOTCLICKS_BOT_DELIVERY_SECONDS": 5.0,
-    # Clicks on HOTCLICKS_BOT_BURST_LINKS different links of one message within this many
-    # seconds are a scanner's (0: off).
-    "HOTCLICKS_BOT_BURST_SECONDS": 1.0,
-    "HOTCLICKS_BOT_BURST_LINKS": 2,
-    # A click on the hidden trap link marks the message's clicks this many seconds around it.
-    "HOTCLICKS_BOT_TRAP_SECONDS": 10.0,
-    # More user agents (regular expressions, case-insensitive) to count as machines.
-    "HOTCLICKS_BOT_USER_AGENTS": [],
-    # Count Apple Mail Privacy Protection's proxy opens as machine opens.
-    "HOTCLICKS_BOT_APPLE_MPP_OPENS": True,
-    # Store IP addresses truncated (IPv4 /24, IPv6 /48); False keeps them whole.
-    "HOTCLICKS_ANONYMIZE_IP": True,
-    # Store IP addresses at all.
-    "HOTCLICKS_STORE_IP": True,
-    # Store user agents.
-    "HOTCLICKS_STORE_USER_AGENT": True,
-    # A directory for the write-ahead journal of clicks and opens: the redirect is answered once
-    # the click is in the journal and a thread commits in batches (much faster). None: every
-    # click is committed before its redirect.
-    "HOTCLICKS_JOURNAL_DIR": None,
-    # With the journal: fdatasync each event before answering (survives power loss, slower).
-    "HOTCLICKS_JOURNAL_FSYNC": False,
-    # With the journal: longest wait, in seconds, before appended events are committed.
-    "HOTCLICKS_JOURNAL_INTERVAL": 0.5,
-    # Check at start that the database schema is at the newest revision.
-    "HOTCLICKS_CHECK_SCHEMA": False,
-}
+#: Every setting of the extension with its default, from :mod:`hotclicks.settings` (where each is
+#: declared with its meaning; docs/flask-extension.md's table is generated from it). Set with
+#: ``app.config.setdefault`` and read once, in ``init_app``.
+DEFAULT_CONFIG: dict[str, Any] = settings.flask_defaults()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -211,8 +156,8 @@ class HotClicks:
                 "HotClicks is already set up on this app: call init_app(app) once per app "
                 "(use HotClicks() without an app in an app factory)"
             )
-        for key, value in DEFAULT_CONFIG.items():
-            app.config.setdefault(key, value)
+        for key in DEFAULT_CONFIG:  # fresh lists, never one shared by two apps
+            app.config.setdefault(key, copy.copy(DEFAULT_CONFIG[key]))
         config = app.config
         tracking_prefix = _tracking_prefix(config)
         signer = _signer(config)

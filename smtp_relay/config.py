@@ -1,7 +1,8 @@
 """The relay's settings, as flags, ``HOTCLICKS_*`` environment variables and a TOML file give them.
 
 :class:`RelayConfig` is validated when built, so a mistake fails at start with a message that says
-what to fix, never in the middle of a transaction.
+what to fix, never in the middle of a transaction. Its defaults are those of
+:mod:`hotclicks.settings`, the one place each setting is declared.
 """
 
 from __future__ import annotations
@@ -9,20 +10,18 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from hotclicks.errors import ConfigurationError
-from hotclicks.executions import DEFAULT_QUIET_GAP, PERIODS
+from hotclicks.executions import PERIODS
+from hotclicks.settings import DEFAULT_SPOOL_DIR, DKIM_SIGNED_POLICIES, UPSTREAM_SECURITY, default
 
-#: Upstream connection security: none, STARTTLS (required) or TLS from the first byte.
-UPSTREAM_SECURITY = ("none", "starttls", "tls")
-#: What to do with a message that arrives DKIM-signed when the relay has no key of its own:
-#: "keep" forwards it unchanged and untracked (its signature stays valid), "strip" removes the old
-#: signature and tracks it. With a key, the relay always re-signs.
-DKIM_SIGNED_POLICIES = ("keep", "strip")
-#: Where accepted mail waits for the upstream when nothing is configured.
-DEFAULT_SPOOL_DIR = "hotclicks-spool"
+__all__ = [
+    "DEFAULT_SPOOL_DIR", "DKIM_SIGNED_POLICIES", "UPSTREAM_SECURITY", "RelayConfig",
+    "is_loopback", "parse_host_port", "parse_networks",
+]
 
 
 def parse_host_port(value: str, what: str) -> tuple[str, int]:
@@ -63,78 +62,79 @@ class RelayConfig:
     database_url: str
     base_url: str
     secret_key: str
-    fallback_keys: tuple[str, ...] = ()
+    fallback_keys: tuple[str, ...] = default("fallback_keys")
     #: Query parameters that identify a recipient; links differing only in them are one link.
-    personal_params: frozenset[str] = frozenset()
+    personal_params: frozenset[str] = frozenset(default("personal_params"))
     #: Links to these domains (and their subdomains) are not tracked.
-    excluded_domains: frozenset[str] = frozenset()
+    excluded_domains: frozenset[str] = frozenset(default("excluded_domains"))
     #: Add the open pixel to HTML parts.
-    open_pixel: bool = True
+    open_pixel: bool = default("open_pixel")
     #: A transactional delivery's execution period: "day", "week" or "month".
-    transactional_period: str = "month"
+    transactional_period: str = default("transactional_period")
     #: A recurring delivery without a run header starts a new run after this long without mail.
-    quiet_gap: dt.timedelta = DEFAULT_QUIET_GAP
+    quiet_gap: dt.timedelta = default("quiet_gap")
     #: Largest message accepted, in bytes (answered 552 above it).
-    max_message_size: int = 32 * 1024 * 1024
+    max_message_size: int = default("max_message_size")
     #: Most recipients per transaction (answered 452 above it, as RFC 5321 asks).
-    max_recipients: int = 1000
+    max_recipients: int = default("max_recipients")
     #: Seconds to wait for the upstream server before counting it down.
-    upstream_timeout: float = 60.0
+    upstream_timeout: float = default("upstream_timeout")
     #: The upstream connection: "none", "starttls" or "tls".
-    upstream_security: str = "none"
+    upstream_security: str = default("upstream_security")
     #: Check the upstream's certificate (on by default; off only for a test upstream).
-    upstream_verify: bool = True
+    upstream_verify: bool = default("upstream_verify")
     #: A CA bundle to check the upstream's certificate with (the system's when None).
-    upstream_ca_file: str | None = None
-    upstream_username: str | None = None
-    upstream_password: str | None = None
+    upstream_ca_file: str | None = default("upstream_ca_file")
+    upstream_username: str | None = default("upstream_username")
+    upstream_password: str | None = default("upstream_password")
     #: Connections kept open to the upstream, each delivering one copy at a time.
-    upstream_connections: int = 8
+    upstream_connections: int = default("upstream_connections")
     #: Worker processes rewriting the copies (0: the relay process does it). The relay's other
-    #: work shares one core (one Python process); a worker lets rewriting use another.
-    rewrite_workers: int = 0
+    #: work shares one core (one Python process); a worker lets rewriting use another. Unset,
+    #: "auto" as on the command line: 1 on a machine of 2 cores or more, resolved when built.
+    rewrite_workers: int = field(default_factory=partial(default, "rewrite_workers"))
     #: The name the relay gives itself (SMTP banner and EHLO); the machine's FQDN when None.
-    hostname: str | None = field(default=None)
+    hostname: str | None = default("hostname")
     #: Where accepted messages wait for delivery; a directory of this relay alone.
-    spool_dir: str = DEFAULT_SPOOL_DIR
+    spool_dir: str = default("spool_dir")
     #: First retry delay after a temporary failure; it doubles each time up to ``retry_max_delay``.
-    retry_delay: dt.timedelta = dt.timedelta(minutes=1)
-    retry_max_delay: dt.timedelta = dt.timedelta(hours=1)
+    retry_delay: dt.timedelta = default("retry_delay")
+    retry_max_delay: dt.timedelta = default("retry_max_delay")
     #: A copy still not delivered this long after it was accepted is given up (marked failed).
-    max_queue_age: dt.timedelta = dt.timedelta(days=5)
+    max_queue_age: dt.timedelta = default("max_queue_age")
     #: Send the sender a delivery status notification (RFC 3464) for a copy refused for good or
     #: given up: a client that relays through us has already handed the mail off.
-    bounces: bool = True
+    bounces: bool = default("bounces")
     #: Keep a sample of each content variant from real recipients (test profiles' always are).
-    keep_recipient_samples: bool = True
+    keep_recipient_samples: bool = default("keep_recipient_samples")
     #: DKIM signing key (PEM), selector and domain; all three or none.
-    dkim_key_file: str | None = None
-    dkim_selector: str | None = None
-    dkim_domain: str | None = None
+    dkim_key_file: str | None = default("dkim_key_file")
+    dkim_selector: str | None = default("dkim_selector")
+    dkim_domain: str | None = default("dkim_domain")
     #: A message already DKIM-signed, when the relay has no key: "keep" or "strip".
-    dkim_signed: str = "keep"
+    dkim_signed: str = default("dkim_signed")
     #: TLS certificate and key for STARTTLS (or implicit TLS with ``implicit_tls``).
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-    implicit_tls: bool = False
+    tls_cert_file: str | None = default("tls_cert_file")
+    tls_key_file: str | None = default("tls_key_file")
+    implicit_tls: bool = default("implicit_tls")
     #: Client credentials: a file of ``user:hash`` lines (``hotclicks-relay hash-password``).
-    auth_file: str | None = None
+    auth_file: str | None = default("auth_file")
     #: Client credentials: the database's relay accounts (``hotclicks-relay accounts add``).
-    auth_database: bool = False
+    auth_database: bool = default("auth_database")
     #: Failed AUTH attempts a client address (an IPv6 /64) may make in ``auth_failure_window``;
     #: beyond them its AUTH is answered 421 and the connection closed until the oldest ages out.
-    auth_max_failures: int = 5
-    auth_failure_window: dt.timedelta = dt.timedelta(minutes=15)
+    auth_max_failures: int = default("auth_max_failures")
+    auth_failure_window: dt.timedelta = default("auth_failure_window")
     #: Pause before answering a failed AUTH (the connection waits, the relay does not).
-    auth_failure_delay: dt.timedelta = dt.timedelta(seconds=1)
+    auth_failure_delay: dt.timedelta = default("auth_failure_delay")
     #: Client networks allowed to send without AUTH (anything else must authenticate).
-    allow_networks: tuple[str, ...] = ()
+    allow_networks: tuple[str, ...] = default("allow_networks")
     #: A client that sends nothing for this long (idle, or stopped in the middle of a command or
     #: of DATA) is disconnected, freeing its slot. RFC 5321 asks servers to wait 5 minutes.
-    client_timeout: dt.timedelta = dt.timedelta(minutes=5)
+    client_timeout: dt.timedelta = default("client_timeout")
     #: Client connections open at once, in all and from one address; more are answered 421.
-    max_connections: int = 1000
-    max_connections_per_client: int = 100
+    max_connections: int = default("max_connections")
+    max_connections_per_client: int = default("max_connections_per_client")
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)

@@ -164,6 +164,8 @@ def relay_config(database_url: str, upstream: Upstream, tmp_path: Path) -> Relay
         upstream_timeout=10,
         hostname="relay.test",
         spool_dir=str(tmp_path / "spool"),
+        # Rewriting in the relay process, where tests can patch it; workers have their own tests.
+        rewrite_workers=0,
     )
 
 
