@@ -38,7 +38,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Union
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, HotClicksError
 
 __all__ = [
     "KINDS",
@@ -49,6 +49,7 @@ __all__ = [
     "NetworkIndex",
     "NetworkList",
     "NetworkMatch",
+    "check",
     "combine",
     "install_list",
     "load_lists",
@@ -308,6 +309,15 @@ def network_index(directory: str | Path | None = None) -> NetworkIndex:
     if not operator:
         return _shipped_index()  # the common case: built once per process, shared by every app
     return NetworkIndex(combine(_shipped(), operator))
+
+
+def check(address: str, directory: str | Path | None = None) -> NetworkMatch | None:
+    """The list ``address`` is in, read afresh from the files (for the CLI; servers keep an index)."""
+    try:
+        ipaddress.ip_address(address.strip())
+    except ValueError:
+        raise HotClicksError(f"{address!r} is not an IPv4 or IPv6 address") from None
+    return network_index(directory).match(address)
 
 
 def install_list(path: str | Path, directory: str | Path) -> NetworkList:
