@@ -14,9 +14,9 @@ networks their operators publish. Each list is a small text file::
 The lists HotClicks ships live in ``hotclicks/data/networks/``; an operator's directory of files
 in the same format replaces shipped lists of the same name and adds others.
 
-:class:`NetworkIndex` answers a lookup with two binary searches' worth of work: every prefix of
-every list is flattened, per address family, into sorted disjoint integer ranges, so a lookup is
-one :func:`bisect.bisect_right`, never a scan of the prefixes. Where lists overlap, **the most
+:class:`NetworkIndex` flattens every prefix of every list, per address family, into sorted
+disjoint integer ranges, so a lookup is one :func:`bisect.bisect_right`, never a scan of the
+prefixes. Where lists overlap, **the most
 specific prefix wins** (a /24 of one list inside a /16 of another answers for the /24); the same
 prefix in two lists answers for the list given first.
 
