@@ -23,7 +23,7 @@ setup(
     # shipped inside the core package so both halves can migrate an installed database.
     package_dir={"hotclicks.migrations": "migrations"},
     package_data={
-        "hotclicks": ["py.typed"],
+        "hotclicks": ["py.typed", "data/networks/*.txt"],
         "hotclicks.migrations": ["script.py.mako", "alembic.ini"],
         "flask_hotclicks": ["py.typed", "templates/hotclicks/*.html", "static/hotclicks/*"],
         "smtp_relay": ["py.typed"],

@@ -6,6 +6,7 @@
 ``stats DELIVERY``                          the tracking statistics of a delivery, as a table
 ``purge --older-than 400d``                 delete old clicks and opens (never tracked URLs)
 ``sign-url --message ID --tracked-url ID``  print a signed click link, for debugging
+``bots networks list|add|remove|check``     the named client networks (scanners, proxies)
 ==========================================  ==================================================
 """
 
@@ -21,7 +22,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from hotclicks import db, links, store
+from hotclicks import db, links, networks, store
 from hotclicks.errors import HotClicksError
 from hotclicks.models import utcnow
 from hotclicks.settings import parse_duration
@@ -259,3 +260,68 @@ def sign_url(
         click.echo(links.unsubscribe_url(state.signer, base, message_id))
     else:
         click.echo(links.tracking_opt_out_url(state.signer, base, message_id))
+
+
+# -- bots networks -------------------------------------------------------------------------------
+
+
+@hotclicks_cli.group("bots", help="The rules that tell people from machines.")
+def bots_group() -> None:
+    pass
+
+
+@bots_group.group("networks", help="Named client networks: scanners, image proxies, Apple's relays.")
+def networks_group() -> None:
+    pass
+
+
+@networks_group.command("list", help="List the network lists in use: shipped, and the operator's.")
+@_command
+def networks_list() -> None:
+    directory = _state().networks_dir
+    shipped = {n.name for n in networks.shipped_lists()}
+    operator = networks.load_lists(directory)
+    operator_names = {n.name for n in operator}
+
+    def origin(name: str) -> str:
+        if name not in operator_names:
+            return "shipped"
+        return "operator (replaces shipped)" if name in shipped else "operator"
+
+    _table(
+        ["name", "kind", "prefixes", "retrieved", "origin", "source"],
+        [
+            [n.name, n.kind, len(n.networks), n.retrieved.isoformat(), origin(n.name), n.source]
+            for n in networks.combine(networks.shipped_lists(), operator)
+        ],
+    )
+    click.echo(f"operator directory: {directory}")
+
+
+@networks_group.command("add", help="Check a network list file and copy it into the operator directory.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@_command
+def networks_add(file: str) -> None:
+    directory = _state().networks_dir
+    added = networks.install_list(file, directory)  # type: ignore[arg-type]
+    replaces = " (it replaces the shipped list of that name)" if any(
+        n.name == added.name for n in networks.shipped_lists()
+    ) else ""
+    click.echo(f"added network list {added.name} ({added.kind}, {len(added.networks)} prefixes) "
+               f"to {directory}{replaces}; running servers use it once restarted")
+
+
+@networks_group.command("remove", help="Delete a list from the operator directory.")
+@click.argument("name")
+@_command
+def networks_remove(name: str) -> None:
+    networks.remove_list(name, _state().networks_dir)
+    click.echo(f"removed network list {name}; running servers forget it once restarted")
+
+
+@networks_group.command("check", help="Which network list an IP address is in.")
+@click.argument("address")
+@_command
+def networks_check(address: str) -> None:
+    found = networks.check(address, _state().networks_dir)
+    click.echo(f"{address}: {found.name} ({found.kind})" if found else f"{address}: in no network list")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import copy
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,6 +19,7 @@ from hotclicks import db, settings
 from hotclicks.bots import BotRules
 from hotclicks.errors import ConfigurationError
 from hotclicks.journal import EventJournal, replay_orphans
+from hotclicks.networks import NetworkIndex, network_index
 from hotclicks.tokens import TokenSigner
 
 if TYPE_CHECKING:
@@ -62,6 +64,9 @@ class HotClicksState:
     borrowed_engine: bool = False
     #: Tracked URLs never change once created, so their targets are cached per process.
     target_cache: dict[int, tuple[str, bool]] = field(default_factory=dict)
+    #: The shipped and operator network lists (HOTCLICKS_BOT_NETWORKS_DIR), and that directory.
+    networks: NetworkIndex = field(default_factory=NetworkIndex)
+    networks_dir: str | None = None
 
     def dispose(self) -> None:
         """Commit what the journal holds and release the database (tests, shutdown)."""
@@ -162,6 +167,8 @@ class HotClicks:
         tracking_prefix = _tracking_prefix(config)
         signer = _signer(config)
         rules = _rules(config)
+        networks_dir = os.fspath(config["HOTCLICKS_BOT_NETWORKS_DIR"] or os.path.join(app.instance_path, "hotclicks-networks"))
+        networks = network_index(networks_dir)  # a bad operator list stops the start, saying which
         if config["HOTCLICKS_USE_FLASK_SQLALCHEMY"]:
             engine = _flask_sqlalchemy_engine(app, config["HOTCLICKS_FLASK_SQLALCHEMY_BIND"])
             borrowed = True
@@ -202,6 +209,7 @@ class HotClicks:
             journal=journal,
             borrowed_engine=borrowed,
         )
+        state.networks, state.networks_dir = networks, networks_dir
         app.extensions["hotclicks"] = state
 
         from . import cli, reports, tracking

@@ -251,6 +251,7 @@ _FLASK_ONLY = (
     _flask("bot_trap_seconds", "A click on the hidden trap link flags the message's other clicks this many seconds either side of it.", 10.0, float),
     _flask("bot_user_agents", "More user agents to count as machines: regular expressions, case-insensitive, added to the built-in list (`hotclicks.bots.KNOWN_AGENTS`).", (), parse_list),
     _flask("bot_apple_mpp_opens", "Count Apple Mail Privacy Protection's proxy opens as machine opens.", True, parse_bool),
+    _flask("bot_networks_dir", "The operator's directory of client network lists (`flask hotclicks bots networks add`): they replace shipped lists of the same name and add others. `None`: `<instance path>/hotclicks-networks`.", None, str),
     _flask("anonymize_ip", "Store IP addresses truncated: IPv4 to its /24, IPv6 to its /48.", True, parse_bool),
     _flask("store_ip", "Store IP addresses at all.", True, parse_bool),
     _flask("store_user_agent", "Store user agents.", True, parse_bool),
