@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from hotclicks.errors import ConfigurationError
@@ -205,7 +204,3 @@ class RelayConfig:
     def tracking_base(self) -> str:
         """The base URL without a trailing slash, to which ``/c/<token>`` etc. are appended."""
         return self.base_url.rstrip("/")
-
-    @property
-    def spool_path(self) -> Path:
-        return Path(self.spool_dir)

@@ -19,13 +19,12 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, syntax
 from sqlalchemy.exc import SQLAlchemyError
 
-from hotclicks.models import utcnow
-
 from .auth import Authenticator, AuthThrottle, client_key
 from .config import RelayConfig
 from .delivery import Deliverer
 from .processing import MessageProcessor, Prepared
-from .spool import Spool, SpoolEntry, is_disk_full, new_id
+from .recorder import RelayDatabase
+from .spool import Spool, is_disk_full
 
 log = logging.getLogger("smtp_relay")
 
@@ -293,19 +292,21 @@ def longest_line(data: bytes) -> int:
 
 
 class RelayHandler:
-    """The relay's aiosmtpd handler; owns the spool and the deliverer."""
+    """The relay's aiosmtpd handler; owns the database, the spool and the deliverer."""
 
     def __init__(
         self,
         config: RelayConfig,
+        database: RelayDatabase,
         processor: MessageProcessor,
         spool: Spool,
         authenticator: Authenticator | None = None,
     ) -> None:
         self.config = config
+        self.database = database
         self.processor = processor
         self.spool = spool
-        self.deliverer = Deliverer(config, spool, processor)
+        self.deliverer = Deliverer(config, spool, processor.recorder)
         self.authenticator = authenticator
         #: Not named auth_...: aiosmtpd takes every auth_* attribute of a handler for a mechanism.
         self.login_throttle = AuthThrottle(config.auth_max_failures, config.auth_failure_window.total_seconds())
@@ -348,6 +349,13 @@ class RelayHandler:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+        await loop.run_in_executor(None, self.database.dispose)
+
+    def close(self) -> None:
+        """Release what the handler holds once it is stopped: the spool's lock, the database's
+        connections."""
+        self.spool.close()
+        self.database.dispose()
 
     def admit(self, connection: RelaySMTP, client: str) -> str | None:
         """Take a new client connection in, or the 421 reply that refuses it."""
@@ -421,7 +429,7 @@ class RelayHandler:
         try:
             try:
                 loop = asyncio.get_running_loop()
-                prepared, entries = await loop.run_in_executor(
+                prepared = await loop.run_in_executor(
                     self._executor, self._accept, mail_from, recipients, options, raw
                 )
             except SQLAlchemyError as exc:
@@ -435,7 +443,7 @@ class RelayHandler:
                 # 500 and the sender bounce it): with a 451 the sender keeps it and tries again.
                 log.exception("unexpected error accepting the message from %s; answered 451", mail_from)
                 return REPLY_LOCAL_ERROR
-            self.deliverer.submit(entries)
+            self.deliverer.submit(prepared.copies)
             self.deliverer.note(prepared.incidents, prepared.counters)
             if prepared.suppressed:
                 log.info(
@@ -449,33 +457,17 @@ class RelayHandler:
 
     def _accept(
         self, mail_from: str, recipients: list[str], options: list[str], raw: bytes
-    ) -> tuple[Prepared, list[SpoolEntry]]:
-        """Rewrite, record and spool a transaction; blocking, run in a thread."""
+    ) -> Prepared:
+        """Decide, record, render and spool a transaction; blocking, run in a thread."""
         started = time.perf_counter()
-        prepared = self.processor.prepare(mail_from, recipients, raw)
-        accepted_at = utcnow().isoformat()
-        entries = [
-            SpoolEntry(
-                id=new_id(),
-                mail_from=mail_from,
-                recipients=copy.recipients,
-                accepted_at=accepted_at,
-                mail_options=options,
-                message_id=copy.message_id,
-                delivery=copy.delivery,
-                execution_id=copy.execution_id,
-                note=copy.note,
-                data=copy.data,
-            )
-            for copy in prepared.copies
-        ]
+        prepared = self.processor.prepare(mail_from, recipients, raw, options)
         try:
-            self.spool.store(entries)
+            self.spool.store(prepared.copies)
         except OSError:
             try:
                 self.processor.forget(prepared.message_ids)
             except SQLAlchemyError:
                 log.exception("could not take back the rows of a refused message")
             raise
-        log.debug("accepted %d copies in %.1f ms", len(entries), (time.perf_counter() - started) * 1000)
-        return prepared, entries
+        log.debug("accepted %d copies in %.1f ms", len(prepared.copies), (time.perf_counter() - started) * 1000)
+        return prepared

@@ -45,7 +45,7 @@ def start(relay_config, **changes) -> RelayController:
 
 def stop(relay: RelayController) -> None:
     relay.stop()
-    relay.handler.processor.sessions.kw["bind"].dispose()
+    relay.handler.database.dispose()
 
 
 def send(relay, message: bytes, to=("ann@example.org",)) -> None:
