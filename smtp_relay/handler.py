@@ -73,9 +73,10 @@ class RelaySMTP(SMTP):
       with the client and login and throttled per client (:class:`~smtp_relay.auth.AuthThrottle`);
     - DATA read in large pieces, not a line at a time (:meth:`smtp_DATA`).
 
-    Some of this uses aiosmtpd's private attributes (``_reader``, ``_handle_hooks``,
-    ``_set_post_data_state``, the timeout's); ``tests/test_relay_data.py`` and
-    ``tests/test_relay_abuse.py`` show it when an aiosmtpd release changes them.
+    Some of this uses aiosmtpd's private attributes (``_reader``,
+    ``_set_post_data_state``, ``_call_handler_hook``, the timeout's, ``_authenticate``), hence
+    ``aiosmtpd<1.5`` in setup.py; ``tests/test_aiosmtpd_contract.py`` names each of them and fails
+    first when an aiosmtpd release changes one.
     """
 
     line_length_limit = 256 * 1024
@@ -86,6 +87,8 @@ class RelaySMTP(SMTP):
         self.client: str | None = None  #: the client's address once admitted
         self._last_received = 0.0
         self._busy = 0
+        #: The relay's own DATA reading needs bytes and the relay's DATA hook; else aiosmtpd's.
+        self._read_in_pieces = not kwargs.get("decode_data", False) and callable(getattr(handler, "handle_DATA", None))
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -157,7 +160,7 @@ class RelaySMTP(SMTP):
         other line, a message over ``data_size_limit`` gets 552 and a line over
         ``line_length_limit`` 500, both once the whole message has been read.
         """
-        if self._decode_data or "DATA" not in self._handle_hooks:
+        if not self._read_in_pieces:
             await super().smtp_DATA(arg)  # not the relay's setup: aiosmtpd's own reading
             return
         if await self.check_helo_needed():
@@ -176,11 +179,11 @@ class RelaySMTP(SMTP):
             content = await read_data(self._reader, self.data_size_limit)
         except asyncio.CancelledError:
             log.info("connection lost during DATA")
-            self._writer.close()
+            self._hang_up()
             raise
         except asyncio.IncompleteReadError:
             log.info("connection closed during DATA")
-            self._writer.close()
+            self._hang_up()
             return
         if content is None:
             await self.push(REPLY_TOO_MUCH_DATA)
@@ -195,6 +198,10 @@ class RelaySMTP(SMTP):
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push(status)
+
+    def _hang_up(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     # -- AUTH ----------------------------------------------------------------------------------
 

@@ -318,22 +318,7 @@ class Recorder:
             )
         session.flush()  # a variant's sample, before the messages that point at it
         message_ids = insert_messages(connection, rows)
-        # Each test profile's own copy, even when its variant has a sample already: personalised
-        # content differs inside a variant, and the report shows a profile what it received.
-        copies = [
-            {
-                "message_id": message_id,
-                "execution_id": execution_id,
-                "test_profile_id": facts[address.lower()].profile_id,
-                "html": job.sample_html,
-                "text": job.sample_text,
-                "created_at": job.now,
-            }
-            for address, message_id, row in zip(job.recipients, message_ids, rows)
-            if facts[address.lower()].profile_id is not None and row["status"] is not MessageStatus.SUPPRESSED
-        ]
-        if copies:
-            connection.execute(insert(ProfileCopy), copies)
+        _add_profile_copies(connection, job, execution_id, facts, message_ids, rows)
         _add_incidents(session, job.incidents)
         session.flush()
         if known_variant is not None:
@@ -402,6 +387,32 @@ class Recorder:
             day = self.clock().strftime("%Y-%m-%d")
             for name, count in Counter(counters).items():
                 _increment(session, day, name, count)
+
+
+def _add_profile_copies(
+    connection: Connection,
+    job: _Job,
+    execution_id: int,
+    facts: dict[str, RecipientFacts],
+    message_ids: list[int],
+    rows: list[dict[str, Any]],
+) -> None:
+    """Each test profile's own copy, even when its variant has a sample already: personalised
+    content differs inside a variant, and the report shows a profile what it received."""
+    copies = [
+        {
+            "message_id": message_id,
+            "execution_id": execution_id,
+            "test_profile_id": facts[address.lower()].profile_id,
+            "html": job.sample_html,
+            "text": job.sample_text,
+            "created_at": job.now,
+        }
+        for address, message_id, row in zip(job.recipients, message_ids, rows)
+        if facts[address.lower()].profile_id is not None and row["status"] is not MessageStatus.SUPPRESSED
+    ]
+    if copies:
+        connection.execute(insert(ProfileCopy), copies)
 
 
 def _add_incidents(session: Session, incidents: Iterable[Incident]) -> None:
