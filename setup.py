@@ -30,7 +30,7 @@ setup(
     },
     install_requires=[
         "flask>=3.0",
-        "aiosmtpd>=1.4.4",
+        "aiosmtpd>=1.4.4,<1.5",
         "aiosmtplib>=3.0",
         "sqlalchemy>=2.0.30",
         "alembic>=1.13",

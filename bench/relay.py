@@ -15,7 +15,7 @@ sink, with 1 and 8 concurrent senders (each sender one smtplib connection, sendi
 Rounds alternate direct, pass-through and relay runs, after a warm-up of each relay; the median is
 reported.
 
-    python bench/relay.py [--messages 300] [--rounds 5] [--database-url postgresql://...]
+    python bench/relay.py [--messages 300] [--rounds 5] [--database-url postgresql://...] [--dkim-key-file KEY]
     bench/run relay    # the same, with the defaults
 
 Prints one line per concurrency, like
@@ -311,6 +311,10 @@ def main() -> None:
         "--rewrite-workers",
         help="the relay's --rewrite-workers (default: the relay's own default, auto)",
     )
+    parser.add_argument(
+        "--dkim-key-file",
+        help="a PEM private key: the relay DKIM-signs every copy with it (selector bench, domain shop.example)",
+    )
     parser.add_argument("--serve-passthrough", nargs=2, type=int, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_passthrough:
@@ -347,6 +351,8 @@ def main() -> None:
             relays = {}
             for kind in ("passthrough", "relay"):
                 relay_args = ["--rewrite-workers", args.rewrite_workers] if args.rewrite_workers else []
+                if args.dkim_key_file:
+                    relay_args += ["--dkim-key-file", args.dkim_key_file, "--dkim-selector", "bench", "--dkim-domain", "shop.example"]
                 process, port = start_relay(kind, sink_port, workdir, database_url, relay_args)
                 processes.append(process)
                 relays[kind] = port

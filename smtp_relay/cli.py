@@ -239,7 +239,7 @@ async def serve(config: RelayConfig) -> None:
     server.close()
     await handler.stop()
     handler.spool.close()
-    handler.processor.sessions.kw["bind"].dispose()
+    handler.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,6 @@ import datetime as dt
 import ipaddress
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from hotclicks.errors import ConfigurationError
@@ -205,7 +204,3 @@ class RelayConfig:
     def tracking_base(self) -> str:
         """The base URL without a trailing slash, to which ``/c/<token>`` etc. are appended."""
         return self.base_url.rstrip("/")
-
-    @property
-    def spool_path(self) -> Path:
-        return Path(self.spool_dir)

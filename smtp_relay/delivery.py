@@ -31,7 +31,8 @@ from hotclicks.models import MessageStatus, utcnow
 
 from .bounces import build_dsn, original_headers
 from .config import RelayConfig
-from .processing import INCIDENT_GIVEN_UP, Incident, MessageProcessor
+from .incidents import INCIDENT_GIVEN_UP, Incident
+from .recorder import Recorder
 from .spool import RETRY_TRIGGER, Spool, SpoolEntry, new_id
 
 log = logging.getLogger("smtp_relay")
@@ -58,12 +59,12 @@ class Deliverer:
         self,
         config: RelayConfig,
         spool: Spool,
-        processor: MessageProcessor,
+        recorder: Recorder,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.config = config
         self.spool = spool
-        self.processor = processor
+        self.recorder = recorder
         self.clock = clock
         self._ready: asyncio.Queue[SpoolEntry] | None = None
         self._deferred: dict[str, SpoolEntry] = {}
@@ -406,7 +407,7 @@ class Deliverer:
                 self.spool.remove(entry)
             except OSError:
                 log.exception("could not remove spool copy %s; it may be sent again on restart", entry.id)
-        self.processor.record(outcomes, incidents, counters)
+        self.recorder.record(outcomes, incidents, counters)
 
     def _spool_bounce(self, bounce: _Bounce) -> SpoolEntry | None:
         """Build the notification from the copy's spooled bytes and put it in the spool; blocking."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from hotclicks.errors import ConfigurationError
 
+__all__ = ["SIGNED_HEADERS", "DkimSigner"]
+
 #: The header fields signed, when present (RFC 6376 section 5.4.1's recommendations).
 SIGNED_HEADERS = (
     b"From", b"Sender", b"Reply-To", b"Subject", b"Date", b"Message-ID", b"To", b"Cc",
@@ -13,7 +15,11 @@ SIGNED_HEADERS = (
 
 
 class DkimSigner:
-    """Signs messages with one key; built at start, so a missing key or module fails then."""
+    """Signs messages with one key; built at start, so a missing key or module fails then.
+
+    Picklable (the key's bytes, not the dkimpy module), so rewrite workers sign the copies they
+    render.
+    """
 
     def __init__(self, key_file: str, selector: str, domain: str) -> None:
         try:
@@ -32,6 +38,15 @@ class DkimSigner:
             self.sign(b"From: a@example.org\r\nSubject: test\r\n\r\ntest\r\n")
         except dkim.DKIMException as exc:
             raise ConfigurationError(f"the DKIM key {key_file!r} cannot sign: {exc}") from None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {name: value for name, value in vars(self).items() if name != "_dkim"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        import dkim
+
+        vars(self).update(state)
+        self._dkim = dkim
 
     def sign(self, data: bytes) -> bytes:
         """``data`` with a DKIM-Signature field prepended."""

@@ -19,13 +19,12 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, syntax
 from sqlalchemy.exc import SQLAlchemyError
 
-from hotclicks.models import utcnow
-
 from .auth import Authenticator, AuthThrottle, client_key
 from .config import RelayConfig
 from .delivery import Deliverer
 from .processing import MessageProcessor, Prepared
-from .spool import Spool, SpoolEntry, is_disk_full, new_id
+from .recorder import RelayDatabase
+from .spool import Spool, is_disk_full
 
 log = logging.getLogger("smtp_relay")
 
@@ -74,9 +73,10 @@ class RelaySMTP(SMTP):
       with the client and login and throttled per client (:class:`~smtp_relay.auth.AuthThrottle`);
     - DATA read in large pieces, not a line at a time (:meth:`smtp_DATA`).
 
-    Some of this uses aiosmtpd's private attributes (``_reader``, ``_handle_hooks``,
-    ``_set_post_data_state``, the timeout's); ``tests/test_relay_data.py`` and
-    ``tests/test_relay_abuse.py`` show it when an aiosmtpd release changes them.
+    Some of this uses aiosmtpd's private attributes (``_reader``,
+    ``_set_post_data_state``, ``_call_handler_hook``, the timeout's, ``_authenticate``), hence
+    ``aiosmtpd<1.5`` in setup.py; ``tests/test_aiosmtpd_contract.py`` names each of them and fails
+    first when an aiosmtpd release changes one.
     """
 
     line_length_limit = 256 * 1024
@@ -87,6 +87,8 @@ class RelaySMTP(SMTP):
         self.client: str | None = None  #: the client's address once admitted
         self._last_received = 0.0
         self._busy = 0
+        #: The relay's own DATA reading needs bytes and the relay's DATA hook; else aiosmtpd's.
+        self._read_in_pieces = not kwargs.get("decode_data", False) and callable(getattr(handler, "handle_DATA", None))
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -158,7 +160,7 @@ class RelaySMTP(SMTP):
         other line, a message over ``data_size_limit`` gets 552 and a line over
         ``line_length_limit`` 500, both once the whole message has been read.
         """
-        if self._decode_data or "DATA" not in self._handle_hooks:
+        if not self._read_in_pieces:
             await super().smtp_DATA(arg)  # not the relay's setup: aiosmtpd's own reading
             return
         if await self.check_helo_needed():
@@ -177,11 +179,11 @@ class RelaySMTP(SMTP):
             content = await read_data(self._reader, self.data_size_limit)
         except asyncio.CancelledError:
             log.info("connection lost during DATA")
-            self._writer.close()
+            self._hang_up()
             raise
         except asyncio.IncompleteReadError:
             log.info("connection closed during DATA")
-            self._writer.close()
+            self._hang_up()
             return
         if content is None:
             await self.push(REPLY_TOO_MUCH_DATA)
@@ -196,6 +198,10 @@ class RelaySMTP(SMTP):
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push(status)
+
+    def _hang_up(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     # -- AUTH ----------------------------------------------------------------------------------
 
@@ -293,19 +299,21 @@ def longest_line(data: bytes) -> int:
 
 
 class RelayHandler:
-    """The relay's aiosmtpd handler; owns the spool and the deliverer."""
+    """The relay's aiosmtpd handler; owns the database, the spool and the deliverer."""
 
     def __init__(
         self,
         config: RelayConfig,
+        database: RelayDatabase,
         processor: MessageProcessor,
         spool: Spool,
         authenticator: Authenticator | None = None,
     ) -> None:
         self.config = config
+        self.database = database
         self.processor = processor
         self.spool = spool
-        self.deliverer = Deliverer(config, spool, processor)
+        self.deliverer = Deliverer(config, spool, processor.recorder)
         self.authenticator = authenticator
         #: Not named auth_...: aiosmtpd takes every auth_* attribute of a handler for a mechanism.
         self.login_throttle = AuthThrottle(config.auth_max_failures, config.auth_failure_window.total_seconds())
@@ -348,6 +356,13 @@ class RelayHandler:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+        await loop.run_in_executor(None, self.database.dispose)
+
+    def close(self) -> None:
+        """Release what the handler holds once it is stopped: the spool's lock, the database's
+        connections."""
+        self.spool.close()
+        self.database.dispose()
 
     def admit(self, connection: RelaySMTP, client: str) -> str | None:
         """Take a new client connection in, or the 421 reply that refuses it."""
@@ -421,7 +436,7 @@ class RelayHandler:
         try:
             try:
                 loop = asyncio.get_running_loop()
-                prepared, entries = await loop.run_in_executor(
+                prepared = await loop.run_in_executor(
                     self._executor, self._accept, mail_from, recipients, options, raw
                 )
             except SQLAlchemyError as exc:
@@ -435,7 +450,7 @@ class RelayHandler:
                 # 500 and the sender bounce it): with a 451 the sender keeps it and tries again.
                 log.exception("unexpected error accepting the message from %s; answered 451", mail_from)
                 return REPLY_LOCAL_ERROR
-            self.deliverer.submit(entries)
+            self.deliverer.submit(prepared.copies)
             self.deliverer.note(prepared.incidents, prepared.counters)
             if prepared.suppressed:
                 log.info(
@@ -449,33 +464,17 @@ class RelayHandler:
 
     def _accept(
         self, mail_from: str, recipients: list[str], options: list[str], raw: bytes
-    ) -> tuple[Prepared, list[SpoolEntry]]:
-        """Rewrite, record and spool a transaction; blocking, run in a thread."""
+    ) -> Prepared:
+        """Decide, record, render and spool a transaction; blocking, run in a thread."""
         started = time.perf_counter()
-        prepared = self.processor.prepare(mail_from, recipients, raw)
-        accepted_at = utcnow().isoformat()
-        entries = [
-            SpoolEntry(
-                id=new_id(),
-                mail_from=mail_from,
-                recipients=copy.recipients,
-                accepted_at=accepted_at,
-                mail_options=options,
-                message_id=copy.message_id,
-                delivery=copy.delivery,
-                execution_id=copy.execution_id,
-                note=copy.note,
-                data=copy.data,
-            )
-            for copy in prepared.copies
-        ]
+        prepared = self.processor.prepare(mail_from, recipients, raw, options)
         try:
-            self.spool.store(entries)
+            self.spool.store(prepared.copies)
         except OSError:
             try:
                 self.processor.forget(prepared.message_ids)
             except SQLAlchemyError:
                 log.exception("could not take back the rows of a refused message")
             raise
-        log.debug("accepted %d copies in %.1f ms", len(entries), (time.perf_counter() - started) * 1000)
-        return prepared, entries
+        log.debug("accepted %d copies in %.1f ms", len(prepared.copies), (time.perf_counter() - started) * 1000)
+        return prepared

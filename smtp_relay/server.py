@@ -9,7 +9,6 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from hotclicks import db
 from hotclicks.tokens import TokenSigner
 
 from .auth import Authenticator, DatabaseAuthenticator, FileAuthenticator
@@ -17,6 +16,7 @@ from .config import RelayConfig, is_loopback
 from .dkim import DkimSigner
 from .handler import RelayHandler, RelaySMTP
 from .processing import MessageProcessor
+from .recorder import RelayDatabase
 from .spool import Spool
 
 __all__ = ["RelayController", "build_handler", "is_loopback", "smtp_kwargs"]
@@ -31,20 +31,17 @@ def build_handler(config: RelayConfig, *, check_database: bool = True) -> RelayH
         else None
     )
     authenticator: Authenticator | None = FileAuthenticator(config.auth_file) if config.auth_file else None
-    engine = db.create_db_engine(config.database_url)
-    try:
-        if check_database:
-            db.check_migrated(engine)
-    except Exception:
-        engine.dispose()
-        raise
-    sessions = db.session_factory(engine)
+    database = RelayDatabase.connect(config.database_url, check=check_database)
     if config.auth_database:
-        authenticator = DatabaseAuthenticator(sessions)
+        authenticator = DatabaseAuthenticator(database.sessions)
     spool = Spool(config.spool_dir)
-    spool.open()
-    processor = MessageProcessor(config, sessions, signer, dkim_signer=dkim_signer)
-    return RelayHandler(config, processor, spool, authenticator)
+    try:
+        spool.open()
+    except Exception:
+        database.dispose()
+        raise
+    processor = MessageProcessor(config, database.sessions, signer, dkim_signer=dkim_signer)
+    return RelayHandler(config, database, processor, spool, authenticator)
 
 
 def _tls_context(config: RelayConfig) -> ssl.SSLContext | None:
@@ -125,7 +122,7 @@ class RelayController(Controller):
             self._run_on_loop(self.handler.stop(), 60)
         finally:
             super().stop(no_assert)
-            self.handler.spool.close()
+            self.handler.close()
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Block until the relay has delivered (or deferred) everything it accepted."""

@@ -177,7 +177,7 @@ def send_through_relay(database_url: str, workdir: Path, recipients: int, links:
         relay.wait_idle(timeout=max(60.0, recipients / 5))
     finally:
         relay.stop()
-        relay.handler.processor.sessions.kw["bind"].dispose()
+        relay.handler.database.dispose()
         sink.stop()
     with engine.connect() as connection:
         traps = set(connection.scalars(select(TrackedUrl.id).where(TrackedUrl.name == TRAP_LINK_NAME)))

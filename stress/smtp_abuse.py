@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             relay.wait_idle(120)
         finally:
             relay.stop()
-            relay.handler.processor.sessions.kw["bind"].dispose()
+            relay.handler.database.dispose()
             upstream.stop()
             engine.dispose()
 

@@ -49,7 +49,7 @@ def running_relay(config: RelayConfig) -> Iterator[RelayController]:
         yield relay
     finally:
         relay.stop()
-        relay.handler.processor.sessions.kw["bind"].dispose()
+        relay.handler.database.dispose()
 
 
 def newsletter(delivery: str = "spring-news", extra_headers: str = "") -> bytes:

@@ -127,12 +127,12 @@ def test_sqlite_locked_answers_451_or_waits_and_never_loses_a_250(engine, relay_
         assert all(a[-1] == "250" for a in answers.values())
         relay.wait_idle()
         assert delivered(upstream) == Counter(list(answers))
-        engine = relay.handler.processor.sessions.kw["bind"]
+        engine = relay.handler.database.engine
         with engine.connect() as connection:  # the refused ones left no row behind
             assert connection.scalar(select(func.count()).select_from(Message)) == len(answers)
     finally:
         relay.stop()
-        relay.handler.processor.sessions.kw["bind"].dispose()
+        relay.handler.database.dispose()
 
 
 def test_sigkill_at_random_moments_loses_no_message_answered_250(relay_process):  # noqa: F811
@@ -240,8 +240,8 @@ def test_a_bug_after_the_rows_are_written_answers_451_and_leaves_no_row(relay, u
 
 
 def test_a_copy_that_cannot_be_rewritten_goes_untracked_with_an_incident(relay, upstream, sessions, monkeypatch):
-    def unreadable(parsed, scanned, message_ids, targets):
-        return [MimeError("a part this copy cannot decode") for _ in message_ids]
+    def unreadable(draft, message_ids, targets):
+        return [(draft.data, MimeError("a part this copy cannot decode")) for _ in message_ids]
 
     monkeypatch.setattr(relay.handler.processor.renderer, "render", unreadable)
     assert send(relay.config.listen, "plain@example.org") == "250"

@@ -34,7 +34,7 @@ from hotclicks.mime import edit_headers, read_headers, text_parts
 from hotclicks.models import RelayIncident
 from hotclicks.rewrite import PIXEL_TEMPLATE
 from smtp_relay.handler import RelaySMTP
-from smtp_relay.processing import INCIDENT_UNPARSED
+from smtp_relay.incidents import INCIDENT_UNPARSED
 
 from .conftest import CORPUS, require_corpus
 

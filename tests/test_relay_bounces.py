@@ -157,7 +157,7 @@ def test_no_bounces_turns_them_off(engine, relay_config, upstream, caplog):
         assert spooled(relay) == []
     finally:
         relay.stop()
-        relay.handler.processor.sessions.kw["bind"].dispose()
+        relay.handler.database.dispose()
     assert upstream.messages == []
 
 

@@ -45,7 +45,7 @@ def start(relay_config, **changes) -> RelayController:
 
 def stop(relay: RelayController) -> None:
     relay.stop()
-    relay.handler.processor.sessions.kw["bind"].dispose()
+    relay.handler.database.dispose()
 
 
 def send(relay, message: bytes, to=("ann@example.org",)) -> None:
@@ -111,3 +111,33 @@ def test_a_signed_message_is_re_signed_with_the_relays_key(engine, relay_config,
     assert tracked_hrefs(data)
     assert dkim.verify(data, dnsfunc=dns_for(record, b"hc._domainkey.shop.example"))
     assert incidents(sessions) == ["dkim-resigned"]
+
+
+def test_a_rewrite_worker_renders_each_copy_complete_its_fields_and_a_signature_that_verifies(key_pair):
+    from smtp_relay.decide import LinkOptions, scan_message
+    from smtp_relay.dkim import DkimSigner
+    from smtp_relay.render import CopyMaker, CopyRenderer, Draft
+
+    from .conftest import SECRET_KEY
+    from .helpers import BASE_URL
+
+    key_path, record = key_pair
+    options = LinkOptions(tracked_prefixes=(BASE_URL + "/",))
+    maker = CopyMaker(SECRET_KEY, (), BASE_URL, True, options, DkimSigner(str(key_path), "hc", "shop.example"))
+    message = newsletter()
+    parsed, scanned = scan_message(message, options)
+    targets = {(s.name, link.key): (100 + i, link.url) for s in scanned for i, link in enumerate(s.links)}
+    draft = Draft(message, parsed, scanned, marketing=True, mailto="leave@shop.example")
+    renderer = CopyRenderer(maker, workers=1)
+    try:
+        renderer.start()
+        assert renderer.workers == 1
+        copies = renderer.render(draft, [7, 8], targets)
+    finally:
+        renderer.stop()
+    for data, error in copies:
+        assert error is None
+        assert data.startswith(b"DKIM-Signature:")
+        assert b"List-Unsubscribe:" in data and b"mailto:leave@shop.example" in data
+        assert tracked_hrefs(data)
+        assert dkim.verify(data, dnsfunc=dns_for(record, b"hc._domainkey.shop.example"))

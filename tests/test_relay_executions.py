@@ -30,7 +30,7 @@ class Clock:
 
 def relay_at(relay, now: dt.datetime) -> Clock:
     clock = Clock(now)
-    relay.handler.processor.clock = clock
+    relay.handler.processor.recorder.clock = clock
     return clock
 
 

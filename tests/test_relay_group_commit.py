@@ -14,7 +14,7 @@ from sqlalchemy import event, select
 from hotclicks import db
 from hotclicks.models import Message, Recipient
 from hotclicks.tokens import TokenSigner
-from smtp_relay import records, spool as spool_module
+from smtp_relay import recorder, spool as spool_module
 from smtp_relay.processing import MessageProcessor
 from smtp_relay.spool import Spool, SpoolEntry, new_id
 
@@ -48,17 +48,17 @@ def test_transactions_waiting_for_a_commit_are_written_together_and_return_only_
     commits: list[float] = []
     event.listen(engine, "commit", lambda connection: commits.append(time.monotonic()))
     batches: list[int] = []
-    write = processor._write
+    write = processor.recorder._write
 
     def slow_first_write(jobs):
         batches.append(len(jobs))
         if len(batches) == 1:  # hold the first commit until the others queue behind it
             deadline = time.monotonic() + 20
-            while len(processor._waiting) < 5 and time.monotonic() < deadline:
+            while len(processor.recorder._waiting) < 5 and time.monotonic() < deadline:
                 time.sleep(0.01)
         return write(jobs)
 
-    monkeypatch.setattr(processor, "_write", slow_first_write)
+    monkeypatch.setattr(processor.recorder, "_write", slow_first_write)
     finished: list[float] = []
 
     def work(i: int):
@@ -85,26 +85,26 @@ def test_transactions_waiting_for_a_commit_are_written_together_and_return_only_
 
 
 def test_a_failing_transaction_fails_alone_and_the_rest_of_its_batch_is_recorded(processor, sessions, monkeypatch):
-    facts = records.recipient_facts
+    facts = recorder.recipient_facts
 
     def refuse_bad(connection, addresses, external_id=None):
         if "bad@example.org" in addresses:
             raise RuntimeError("cannot record bad@example.org")
         return facts(connection, addresses, external_id)
 
-    monkeypatch.setattr(records, "recipient_facts", refuse_bad)
-    write = processor._write
+    monkeypatch.setattr(recorder, "recipient_facts", refuse_bad)
+    write = processor.recorder._write
     batches: list[int] = []
 
     def slow_first_write(jobs):
         batches.append(len(jobs))
         if len(batches) == 1:
             deadline = time.monotonic() + 20
-            while len(processor._waiting) < 3 and time.monotonic() < deadline:
+            while len(processor.recorder._waiting) < 3 and time.monotonic() < deadline:
                 time.sleep(0.01)
         return write(jobs)
 
-    monkeypatch.setattr(processor, "_write", slow_first_write)
+    monkeypatch.setattr(processor.recorder, "_write", slow_first_write)
     addresses = ["first@example.org", "ann@example.org", "bad@example.org", "bob@example.org"]
 
     def work(i: int):
@@ -124,10 +124,10 @@ def test_a_batch_interrupted_by_something_else_than_an_exception_leaves_no_one_w
     def interrupted(jobs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(processor, "_write", interrupted)
+    monkeypatch.setattr(processor.recorder, "_write", interrupted)
     with pytest.raises(KeyboardInterrupt):
         processor.prepare("news@shop.example", ["ann@example.org"], newsletter())
-    assert not processor._leading and processor._waiting == []
+    assert not processor.recorder._leading and processor.recorder._waiting == []
 
 
 def test_concurrent_spool_stores_share_directory_fsyncs_each_returning_after_one_covering_it(tmp_path, monkeypatch):
@@ -184,10 +184,10 @@ def test_a_failed_transaction_keeps_no_rows_and_teaches_the_caches_nothing(proce
     def broken(connection, rows):
         raise RuntimeError("insert failed")
 
-    monkeypatch.setattr(records, "insert_messages", broken)
+    monkeypatch.setattr(recorder, "insert_messages", broken)
     with pytest.raises(RuntimeError):
         processor.prepare("news@shop.example", ["ann@example.org"], newsletter())
     with sessions() as session:
         assert session.scalars(select(Message)).all() == []
         assert session.scalars(select(Recipient)).all() == []
-    assert processor._known == {} and processor._deliveries == {}
+    assert processor.recorder._known == {} and processor.recorder._deliveries == {}

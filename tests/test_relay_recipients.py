@@ -144,7 +144,7 @@ def test_samples_from_real_recipients_can_be_switched_off(engine, relay_config, 
             assert variant.sample_source == "test-profile" and "https://blog.example/spring" in variant.html
     finally:
         relay.stop()
-        relay.handler.processor.sessions.kw["bind"].dispose()
+        relay.handler.database.dispose()
 
 
 @pytest.mark.parametrize("recipients", [["ann@example.org"], ["ann@example.org", "bob@example.org"]])

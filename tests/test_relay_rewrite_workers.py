@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from hotclicks.errors import MimeError
-from smtp_relay.rewriting import CopyMaker, CopyRenderer, LinkOptions, scan_message
+from smtp_relay.decide import LinkOptions, scan_message
+from smtp_relay.render import CopyMaker, CopyRenderer, Draft
 
 from .conftest import SECRET_KEY, free_port
 from .helpers import BASE_URL, accepts, cli_relay, newsletter, tracked_hrefs
@@ -65,19 +66,23 @@ def targets_of(message: bytes) -> dict[tuple[str, str], tuple[int, str]]:
     return {(s.name, link.key): (100 + i, link.url) for s in scanned for i, link in enumerate(s.links)}
 
 
+def draft_of(message: bytes) -> Draft:
+    parsed, scanned = scan_message(message, MAKER.options)
+    return Draft(message, parsed, scanned)
+
+
 def test_a_worker_renders_the_very_bytes_the_relay_process_renders():
     message = newsletter()
-    parsed, scanned = scan_message(message, MAKER.options)
-    targets = targets_of(message)
-    here = CopyRenderer(MAKER, workers=0).render(parsed, scanned, [7, 8], targets)
+    draft, targets = draft_of(message), targets_of(message)
+    here = CopyRenderer(MAKER, workers=0).render(draft, [7, 8], targets)
     pool = CopyRenderer(MAKER, workers=1)
     try:
-        there = pool.render(parsed, scanned, [7, 8], targets)
+        there = pool.render(draft, [7, 8], targets)
     finally:
         pool.stop()
     assert there == here
     assert here[0] != here[1]  # each recipient its own tokens
-    assert len(tracked_hrefs(here[0])) >= 2
+    assert len(tracked_hrefs(here[0][0])) >= 2
 
 
 def test_a_part_that_cannot_be_encoded_comes_back_as_its_reason():
@@ -85,30 +90,29 @@ def test_a_part_that_cannot_be_encoded_comes_back_as_its_reason():
         b"From: news@shop.example\r\nX-HotClicks-Delivery: latin\r\n"
         b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nSee https://shop.example/a\r\n"
     )
-    parsed, scanned = scan_message(message, MAKER.options)
     # A tracked URL with a character that ISO-8859-1 does not have cannot be written in the part.
     unwritable = CopyMaker(SECRET_KEY, (), "https://t.example.com/\u4e2d", True, MAKER.options)
     renderer = CopyRenderer(unwritable, workers=1)
     try:
-        (result,) = renderer.render(parsed, scanned, [7], targets_of(message))
+        ((data, error),) = renderer.render(draft_of(message), [7], targets_of(message))
     finally:
         renderer.stop()
-    assert isinstance(result, MimeError) and "cannot encode" in str(result)
+    assert isinstance(error, MimeError) and "cannot encode" in str(error)
+    assert data == message  # its links as they were
 
 
 def test_a_dead_worker_is_replaced_and_its_transaction_rendered_anyway():
     message = newsletter()
-    parsed, scanned = scan_message(message, MAKER.options)
-    targets = targets_of(message)
+    draft, targets = draft_of(message), targets_of(message)
     renderer = CopyRenderer(MAKER, workers=1)
     try:
         renderer.start()
         first = renderer._get_pool().submit(os.getpid).result()
         os.kill(first, signal.SIGKILL)
         assert wait_until(lambda: not alive(first), 10)
-        expected = CopyRenderer(MAKER, workers=0).render(parsed, scanned, [9], targets)
-        assert renderer.render(parsed, scanned, [9], targets) == expected
-        assert renderer.render(parsed, scanned, [9], targets) == expected  # with a new worker
+        expected = CopyRenderer(MAKER, workers=0).render(draft, [9], targets)
+        assert renderer.render(draft, [9], targets) == expected
+        assert renderer.render(draft, [9], targets) == expected  # with a new worker
         assert first not in _pool_pids(renderer)
     finally:
         renderer.stop()
@@ -116,18 +120,17 @@ def test_a_dead_worker_is_replaced_and_its_transaction_rendered_anyway():
 
 def test_workers_that_cannot_start_leave_the_rewriting_to_the_relay_process(monkeypatch, caplog):
     message = newsletter()
-    parsed, scanned = scan_message(message, MAKER.options)
     renderer = CopyRenderer(MAKER, workers=1)
 
     def no_processes(*args, **kwargs):
         raise OSError("function not implemented: no /dev/shm here")
 
-    monkeypatch.setattr("smtp_relay.rewriting.ProcessPoolExecutor", no_processes)
+    monkeypatch.setattr("smtp_relay.render.ProcessPoolExecutor", no_processes)
     renderer.start()
     assert renderer.workers == 0
     assert "rewrite workers could not start" in caplog.text
-    expected = CopyRenderer(MAKER, workers=0).render(parsed, scanned, [5], targets_of(message))
-    assert renderer.render(parsed, scanned, [5], targets_of(message)) == expected
+    expected = CopyRenderer(MAKER, workers=0).render(draft_of(message), [5], targets_of(message))
+    assert renderer.render(draft_of(message), [5], targets_of(message)) == expected
 
 
 def _pool_pids(renderer: CopyRenderer) -> set[int]:

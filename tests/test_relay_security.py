@@ -109,7 +109,7 @@ def test_auth_is_offered_only_after_starttls_and_checks_hashed_passwords(engine,
         assert [m.rcpt_tos for m in upstream.messages] == [["ann@example.org"]]
     finally:
         relay.stop()
-        relay.handler.processor.sessions.kw["bind"].dispose()
+        relay.handler.database.dispose()
 
 
 def test_an_allowed_network_sends_without_auth(engine, relay_config, upstream):
@@ -122,7 +122,7 @@ def test_an_allowed_network_sends_without_auth(engine, relay_config, upstream):
         assert len(upstream.messages) == 1
     finally:
         relay.stop()
-        relay.handler.processor.sessions.kw["bind"].dispose()
+        relay.handler.database.dispose()
 
 
 def test_a_plain_password_in_the_auth_file_fails_at_start(relay_config, certificate, tmp_path):
@@ -161,7 +161,7 @@ def test_the_upstream_certificate_is_checked_by_default(engine, relay_config, tl
             assert "CERTIFICATE_VERIFY_FAILED" in message.status_reply
     finally:
         relay.stop()
-        relay.handler.processor.sessions.kw["bind"].dispose()
+        relay.handler.database.dispose()
 
     trusted = replace(config, upstream_ca_file=certificate[0], listen=("127.0.0.1", free_port()))
     relay = RelayController(trusted)
@@ -172,4 +172,4 @@ def test_the_upstream_certificate_is_checked_by_default(engine, relay_config, tl
         assert [m.rcpt_tos for m in sink.messages] == [["ann@example.org"]]
     finally:
         relay.stop()
-        relay.handler.processor.sessions.kw["bind"].dispose()
+        relay.handler.database.dispose()

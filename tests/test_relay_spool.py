@@ -113,7 +113,7 @@ def test_a_full_spool_disk_answers_451_and_keeps_no_row(relay, upstream, session
 
 def test_an_unreachable_database_answers_451(relay, upstream, monkeypatch):
     unreachable = db.create_db_engine(f"postgresql://nobody@127.0.0.1:{free_port()}/none", connect_args={"connect_timeout": 2})
-    monkeypatch.setattr(relay.handler.processor, "sessions", db.session_factory(unreachable))
+    monkeypatch.setattr(relay.handler.processor.recorder, "sessions", db.session_factory(unreachable))
     try:
         with pytest.raises(smtplib.SMTPDataError) as refused:
             send(relay.config.listen, newsletter())
@@ -153,7 +153,7 @@ def test_8bitmime_smtputf8_size_and_recipient_limits_answer_as_an_mta_does(engin
         assert received.mail_from == "zoë@example.org" and received.data == body
     finally:
         relay.stop()
-        relay.handler.processor.sessions.kw["bind"].dispose()
+        relay.handler.database.dispose()
 
 
 # -- kill -9 ---------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""Each recipient's copy of a message: its links made tracked links, in this process or in workers.
+"""Each recipient's copy of a message, complete: links, header fields, DKIM signature.
 
-The rewriting is pure CPU (decoding, splicing, signing a token per link). A relay process does
-it under one GIL with everything else it does (SMTP, the database, the spool), so on a machine
-with more cores it can hand it to worker processes (``--rewrite-workers``): a transaction's
-copies are rendered by one worker, from the message's bytes and the ids the relay recorded.
+This is the relay's CPU work (decoding, splicing, signing a token per link, hashing and signing
+the copy with the DKIM key). A relay process does it under one GIL with everything else it does
+(SMTP, the database, the spool), so on a machine with more cores it can hand it to worker
+processes (``--rewrite-workers``): a transaction's copies are rendered by one worker, from the
+message's bytes and the ids the relay recorded, and come back ready to spool.
 
 A worker never outlives its relay: it watches the relay's process id and exits when the relay
 is gone, even after a ``kill -9`` (the pool's own pipes would keep it waiting forever).
@@ -16,51 +17,28 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, replace
 from multiprocessing.context import BaseContext
 
 from hotclicks import links, rewrite
 from hotclicks.errors import MimeError
-from hotclicks.mime import ParsedMessage, TextPart, edit_message, parse_message
-from hotclicks.store import LinkSpec
+from hotclicks.mime import ParsedMessage, edit_headers, edit_message
 from hotclicks.tokens import TokenSigner
+
+from .decide import LinkOptions, ScannedPart, scan_message
+from .dkim import DkimSigner
+
+__all__ = ["CopyMaker", "CopyRenderer", "Draft", "Rendered", "Targets", "render_copies", "render_copy"]
 
 log = logging.getLogger("smtp_relay")
 
-#: TrackedUrl.part for each rewritable MIME subtype.
-PART_NAMES = {"html": "html", "plain": "text"}
-
 #: (part name, link key) -> (tracked URL id, tracked URL's target): what a copy's links become.
 Targets = Mapping[tuple[str, str], tuple[int, str]]
-
-
-@dataclass(frozen=True)
-class LinkOptions:
-    """How links are found; hashable, for the caches."""
-
-    personal_params: frozenset[str] = frozenset()
-    excluded_domains: frozenset[str] = frozenset()
-    tracked_prefixes: tuple[str, ...] = ()
-
-    def keywords(self) -> dict[str, Collection[str]]:
-        """The options as the rewriter's functions take them."""
-        return {
-            "personal_params": self.personal_params,
-            "excluded_domains": self.excluded_domains,
-            "tracked_prefixes": self.tracked_prefixes,
-        }
-
-
-@dataclass(frozen=True)
-class ScannedPart:
-    part: TextPart
-    name: str
-    links: tuple[rewrite.Link, ...]
-    specs: tuple[LinkSpec, ...]  # what is registered of each link
+#: A copy's bytes, and why its links were not rewritten (None when they were).
+Rendered = tuple[bytes, MimeError | None]
 
 
 @dataclass(frozen=True)
@@ -72,55 +50,21 @@ class CopyMaker:
     base_url: str
     open_pixel: bool
     options: LinkOptions
+    dkim: DkimSigner | None = None
 
 
-def storable(text: str) -> str:
-    """``text`` as any database can store it: bytes the part's charset could not decode
-    (carried as lone surrogates) and NULs (PostgreSQL refuses them) become U+FFFD."""
-    if "\x00" not in text:
-        try:
-            text.encode("utf-8")
-            return text  # the common case: nothing to replace
-        except UnicodeEncodeError:
-            pass
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\x00", "\ufffd")
+@dataclass(frozen=True)
+class Draft:
+    """A transaction's message as each of its copies starts from it."""
 
-
-@lru_cache(maxsize=32)
-def _part_links(
-    name: str, text: str, options: LinkOptions
-) -> tuple[tuple[rewrite.Link, ...], tuple[LinkSpec, ...]]:
-    """The trackable links of a part, and what is registered of each.
-
-    Cached: a newsletter's parts are the same text for each of its recipients.
-    """
-    find = rewrite.find_html_links if name == "html" else rewrite.find_text_links
-    found = find(text, **options.keywords())
-    # A target with undecodable bytes cannot be stored nor signed faithfully: left alone.
-    kept = tuple(link for link in found if storable(link.key) == link.key and storable(link.url) == link.url)
-    specs = tuple(
-        LinkSpec(
-            part=name,
-            key=link.key,
-            url=rewrite.canonical_url(link.url, options.personal_params),
-            name=link.name,
-            label=storable(link.label),
-            position=link.index,
-        )
-        for link in kept
-    )
-    return kept, specs
-
-
-def scan_message(raw: bytes, options: LinkOptions) -> tuple[ParsedMessage, list[ScannedPart]]:
-    """The message parsed, and the links of each rewritable part; MimeError if unreadable."""
-    parsed = parse_message(raw)
-    scanned = []
-    for part in parsed.parts:
-        name = PART_NAMES[part.subtype]
-        found, specs = _part_links(name, part.text, options)
-        scanned.append(ScannedPart(part, name, found, specs))
-    return parsed, scanned
+    #: Without the header fields the relay replaces (marks, DKIM, List-Unsubscribe).
+    data: bytes
+    #: The message's text parts and their links; None: its links are not rewritten.
+    parsed: ParsedMessage | None = None
+    scanned: Sequence[ScannedPart] | None = None
+    #: A marketing message gets List-Unsubscribe fields, the sender's mailto kept beside ours.
+    marketing: bool = False
+    mailto: str | None = None
 
 
 def render_copy(
@@ -149,21 +93,29 @@ def render_copy(
     return edit_message(parsed, edits)
 
 
+def _finish(data: bytes, draft: Draft, message_id: int, signer: TokenSigner, maker: CopyMaker) -> bytes:
+    """A copy's header fields: its own List-Unsubscribe (marketing), then the DKIM signature."""
+    if draft.marketing:
+        unsubscribe = links.list_unsubscribe_headers(signer, maker.base_url, message_id, mailto=draft.mailto)
+        data = edit_headers(data, add=list(unsubscribe.items()))
+    if maker.dkim is not None:
+        data = maker.dkim.sign(data)
+    return data
+
+
 def render_copies(
-    parsed: ParsedMessage,
-    scanned: Sequence[ScannedPart],
-    message_ids: Sequence[int],
-    targets: Targets,
-    signer: TokenSigner,
-    maker: CopyMaker,
-) -> list[bytes | MimeError]:
-    """Each message id's copy, or why it cannot be rewritten."""
-    copies: list[bytes | MimeError] = []
+    draft: Draft, message_ids: Sequence[int], targets: Targets, signer: TokenSigner, maker: CopyMaker
+) -> list[Rendered]:
+    """Each message id's copy, ready to spool, and why its links were not rewritten if they were not."""
+    copies: list[Rendered] = []
     for message_id in message_ids:
-        try:
-            copies.append(render_copy(parsed, scanned, message_id, targets, signer, maker))
-        except MimeError as exc:
-            copies.append(exc)
+        data, error = draft.data, None
+        if draft.parsed is not None and draft.scanned is not None:
+            try:
+                data = render_copy(draft.parsed, draft.scanned, message_id, targets, signer, maker)
+            except MimeError as exc:
+                data, error = draft.data, exc
+        copies.append((_finish(data, draft, message_id, signer, maker), error))
     return copies
 
 
@@ -194,13 +146,19 @@ def _watch_relay(relay_pid: int) -> None:
             os._exit(0)
 
 
-def _render_in_worker(raw: bytes, message_ids: Sequence[int], targets: dict[tuple[str, str], tuple[int, str]]) -> list[bytes | MimeError]:
+def _render_in_worker(
+    draft: Draft, rewrite_links: bool, message_ids: Sequence[int], targets: dict[tuple[str, str], tuple[int, str]]
+) -> list[Rendered]:
+    """The worker's side of :meth:`CopyRenderer.render`: the draft came without its parsed parts
+    (cheaper to parse again here than to pickle), so it scans the message first."""
     assert _worker_signer is not None and _worker_maker is not None
-    try:
-        parsed, scanned = scan_message(raw, _worker_maker.options)
-    except MimeError as exc:  # the relay read it: cannot be, unless the two disagree
-        return [exc for _ in message_ids]
-    return render_copies(parsed, scanned, message_ids, targets, _worker_signer, _worker_maker)
+    if rewrite_links:
+        try:
+            parsed, scanned = scan_message(draft.data, _worker_maker.options)
+        except MimeError as exc:  # the relay read it: cannot be, unless the two disagree
+            return [(data, exc) for data, _ in render_copies(draft, message_ids, {}, _worker_signer, _worker_maker)]
+        draft = replace(draft, parsed=parsed, scanned=scanned)
+    return render_copies(draft, message_ids, targets, _worker_signer, _worker_maker)
 
 
 def _ready() -> bool:
@@ -236,14 +194,15 @@ class CopyRenderer:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def render(
-        self, parsed: ParsedMessage, scanned: Sequence[ScannedPart], message_ids: Sequence[int], targets: Targets
-    ) -> list[bytes | MimeError]:
+    def render(self, draft: Draft, message_ids: Sequence[int], targets: Targets) -> list[Rendered]:
+        """Each message id's copy of ``draft`` (see :func:`render_copies`)."""
         if not self.workers or not message_ids:
-            return render_copies(parsed, scanned, message_ids, targets, self.signer, self.maker)
+            return render_copies(draft, message_ids, targets, self.signer, self.maker)
         pool = self._get_pool()
+        bare = replace(draft, parsed=None, scanned=None)
+        rewrite_links = draft.parsed is not None
         try:
-            return pool.submit(_render_in_worker, parsed.raw, list(message_ids), dict(targets)).result()
+            return pool.submit(_render_in_worker, bare, rewrite_links, list(message_ids), dict(targets)).result()
         except BrokenProcessPool:
             # A worker died (killed, out of memory): this transaction is rendered here and the
             # next one gets new workers.
@@ -252,7 +211,7 @@ class CopyRenderer:
                 if self._pool is pool:
                     self._pool = None
             pool.shutdown(wait=False)
-            return render_copies(parsed, scanned, message_ids, targets, self.signer, self.maker)
+            return render_copies(draft, message_ids, targets, self.signer, self.maker)
 
     def _get_pool(self) -> ProcessPoolExecutor:
         with self._lock:
