@@ -14,13 +14,13 @@ tracking routes (``HOTCLICKS_BASE_URL``):
 of the message's recipient, and each route only acts on a POST.
 
 The hidden trap link is an ordinary click link to a tracked URL named :data:`TRAP_LINK_NAME`,
-registered with :func:`trap_link_spec`; a person never sees it, so any click on it (and every
-other click of that message around it) is a machine's.
+registered with :func:`trap_link_spec` and written into the HTML by the rewriter
+(``rewrite.TRAP_TEMPLATE``); a person never sees it, so any click on it (and every other click of
+that message around it) is a machine's.
 """
 
 from __future__ import annotations
 
-from html import escape
 
 from .bots import TRAP_LINK_NAME
 from .store import LinkSpec
@@ -33,7 +33,6 @@ __all__ = [
     "list_unsubscribe_headers",
     "open_url",
     "tracking_opt_out_url",
-    "trap_anchor",
     "trap_link_spec",
     "unsubscribe_url",
 ]
@@ -86,11 +85,3 @@ def trap_link_spec(part: str = "html", position: int = 1_000_000) -> LinkSpec:
         part=part, key=TRAP_LINK_NAME, url=TRAP_LINK_URL, name=TRAP_LINK_NAME, label="", position=position
     )
 
-
-def trap_anchor(href: str) -> str:
-    """An anchor no person sees or reaches (hidden, out of the tab order, nothing to click on),
-    to insert right after the HTML part's ``<body ...>`` tag."""
-    return (
-        f'<a href="{escape(href)}" style="display:none!important;mso-hide:all;font-size:0;'
-        'line-height:0;max-height:0;overflow:hidden" aria-hidden="true" tabindex="-1"></a>'
-    )

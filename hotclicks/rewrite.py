@@ -58,6 +58,15 @@ PIXEL_TEMPLATE = (
     'style="display:block;border:0;width:1px;height:1px" />'
 )
 
+#: The hidden trap link, inserted just before the open pixel; ``{}`` is the attribute-escaped URL.
+#: No person sees it (not displayed, no text, hidden in Outlook too) nor reaches it (out of the tab
+#: order, hidden from screen readers): only a program that follows every href clicks it. It takes
+#: no room, so the layout does not change.
+TRAP_TEMPLATE = (
+    '<a href="{}" style="display:none!important;mso-hide:all;font-size:0;line-height:0;'
+    'max-height:0;overflow:hidden" aria-hidden="true" tabindex="-1"></a>'
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Link:
@@ -916,6 +925,7 @@ def rewrite_html(
     excluded_domains: Collection[str] = (),
     tracked_prefixes: Collection[str] = (),
     pixel_url: str | None = None,
+    trap_url: str | None = None,
 ) -> str:
     """The document with link ``i``'s href value replaced by ``hrefs[i]``; nothing else changes.
 
@@ -924,7 +934,8 @@ def rewrite_html(
     an unquoted value gets double quotes. The marker attributes ``data-hc-notrack`` and
     ``data-hc-link`` are removed from link elements, with the whitespace before them. With
     ``pixel_url``, the open pixel is inserted right before the last ``</body>``, or at the end of
-    a document without one. Raises ValueError for an index that is not one of the links.
+    a document without one; with ``trap_url``, the hidden trap link (:data:`TRAP_TEMPLATE`) just
+    before it. Raises ValueError for an index that is not one of the links.
     """
     return _splice(
         html,
@@ -935,6 +946,7 @@ def rewrite_html(
             excluded_domains=excluded_domains,
             tracked_prefixes=tracked_prefixes,
             pixel_url=pixel_url,
+            trap_url=trap_url,
         ),
     )
 
@@ -951,6 +963,7 @@ def html_edits(
     excluded_domains: Collection[str] = (),
     tracked_prefixes: Collection[str] = (),
     pixel_url: str | None = None,
+    trap_url: str | None = None,
 ) -> list[tuple[int, int, str]]:
     """What :func:`rewrite_html` changes, as ``(start, end, new text)`` replacing
     ``html[start:end]``: in document order, never overlapping.
@@ -969,9 +982,14 @@ def html_edits(
             edits.append((link.start, link.end, _escape_attr(value, link.quote)))
         else:
             edits.append((link.start, link.end, '"' + _escape_attr(value, '"') + '"'))
+    added = ""
+    if trap_url is not None:
+        added += TRAP_TEMPLATE.format(_escape_attr(trap_url, '"'))
     if pixel_url is not None:
+        added += PIXEL_TEMPLATE.format(_escape_attr(pixel_url, '"'))
+    if added:
         at = len(html) if scan.body is None else scan.body
-        edits.append((at, at, PIXEL_TEMPLATE.format(_escape_attr(pixel_url, '"'))))
+        edits.append((at, at, added))
     edits.sort(key=_SPAN)
     return edits
 

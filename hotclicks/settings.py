@@ -195,6 +195,7 @@ _RELAY_ONLY = (
     Setting("listen", "HOST:PORT to accept mail on; any address but loopback needs --auth-file, --auth-database or --allow-networks", "127.0.0.1:2525", metavar="HOST:PORT"),
     Setting("upstream", "HOST:PORT of the mail server to forward to", "127.0.0.1:25", metavar="HOST:PORT"),
     Setting("open_pixel", "add the open pixel to HTML parts", True, parse_bool),
+    Setting("trap_link", "add the hidden trap link to HTML parts: only link scanners click it, which tells their clicks from people's", True, parse_bool),
     Setting("transactional_period", "period of a transactional delivery's executions", "month", choices=_PERIODS),
     Setting("quiet_gap", "a recurring delivery without X-HotClicks-Run starts a new run after this long without a message", "1h", **_DURATION_ARGS),
     Setting("spool_dir", "directory where accepted mail waits for the upstream (this relay's alone)", DEFAULT_SPOOL_DIR, metavar="DIR"),

@@ -68,6 +68,8 @@ class RelayConfig:
     excluded_domains: frozenset[str] = frozenset(default("excluded_domains"))
     #: Add the open pixel to HTML parts.
     open_pixel: bool = default("open_pixel")
+    #: Add the hidden trap link to HTML parts (a click on it is a scanner's).
+    trap_link: bool = default("trap_link")
     #: A transactional delivery's execution period: "day", "week" or "month".
     transactional_period: str = default("transactional_period")
     #: A recurring delivery without a run header starts a new run after this long without mail.

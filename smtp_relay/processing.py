@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from hotclicks import links
 from hotclicks.models import utcnow
 from hotclicks.tokens import TokenSigner
 
@@ -65,7 +66,8 @@ class MessageProcessor:
         )
         self.renderer = renderer or CopyRenderer(
             CopyMaker(
-                config.secret_key, config.fallback_keys, config.base_url, config.open_pixel, self._link_options, dkim_signer
+                config.secret_key, config.fallback_keys, config.base_url, config.open_pixel, self._link_options, dkim_signer,
+                config.trap_link,
             ),
             config.rewrite_workers,
         )
@@ -122,6 +124,8 @@ class MessageProcessor:
     def _record(self, decision: Tracked, recipients: list[str]) -> Recorded:
         scanned = decision.scanned or []
         specs = [spec for s in scanned for spec in s.specs]
+        if self.config.trap_link and any(s.name == "html" for s in scanned):
+            specs.append(links.trap_link_spec("html"))
         sample_html = next((storable(s.part.text) for s in scanned if s.name == "html"), None)
         sample_text = next((storable(s.part.text) for s in scanned if s.name == "text"), None)
         return self.recorder.write_transaction(

@@ -51,6 +51,8 @@ class CopyMaker:
     open_pixel: bool
     options: LinkOptions
     dkim: DkimSigner | None = None
+    #: Add the hidden trap link to HTML parts (its tracked URL is among the targets).
+    trap_link: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def render_copy(
     signer: TokenSigner,
     maker: CopyMaker,
 ) -> bytes:
-    """One recipient's copy: each link to its tracked URL, the open pixel in the HTML."""
+    """One recipient's copy: each link to its tracked URL, the trap link and the open pixel in the HTML."""
     base = maker.base_url
     pixel = links.open_url(signer, base, message_id) if maker.open_pixel else None
     options = maker.options.keywords()
@@ -87,7 +89,10 @@ def render_copy(
             personal = None if link.url == tracked_target else link.url
             hrefs[link.index] = links.click_url(signer, base, message_id, tracked_id, personal)
         if s.name == "html":
-            edits[s.part.index] = rewrite.html_edits(s.part.text, hrefs, pixel_url=pixel, **options)
+            trap = None
+            if maker.trap_link:
+                trap = links.click_url(signer, base, message_id, targets[("html", links.TRAP_LINK_NAME)][0])
+            edits[s.part.index] = rewrite.html_edits(s.part.text, hrefs, pixel_url=pixel, trap_url=trap, **options)
         elif hrefs:
             edits[s.part.index] = rewrite.text_edits(s.part.text, hrefs, **options)
     return edit_message(parsed, edits)

@@ -89,14 +89,30 @@ Content-Transfer-Encoding: 7bit
     return text.replace("\n", "\r\n").encode()
 
 
+#: The hidden trap link the relay adds to each HTML part (``hotclicks.rewrite.TRAP_TEMPLATE``).
+_TRAP = re.compile(r'<a href="(' + re.escape(BASE_URL) + r'/c/[A-Za-z0-9_-]+)" style="display:none!important;mso-hide:all;')
+
+
 def tracked_hrefs(data: bytes, part: str | None = None) -> list[str]:
-    """The tracked links of a forwarded message, in order: of one part ("html"/"plain") or all."""
+    """The tracked links a person can see in a forwarded message, in order: of one part
+    ("html"/"plain") or all (the hidden trap link left out: :func:`trap_hrefs`)."""
     if part is None:
-        return _TRACKED.findall(data.decode("utf-8", "replace"))
+        text = data.decode("utf-8", "replace")
+        return [href for href in _TRACKED.findall(text) if href not in set(trap_hrefs(data))]
     message = email.message_from_bytes(data, policy=email.policy.default)
     body = message.get_body(preferencelist=(part,))
     assert body is not None, f"no text/{part} part"
-    return _TRACKED.findall(body.get_content())
+    return _TRACKED.findall(_TRAP.sub("", body.get_content()))
+
+
+def trap_hrefs(data: bytes) -> list[str]:
+    """The hidden trap links of a forwarded message's HTML parts."""
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    found = []
+    for part in message.walk():
+        if part.get_content_type() == "text/html":
+            found += _TRAP.findall(part.get_content())
+    return found
 
 
 def play_the_demo(shop, relay, upstream, *, subscribers: int, seed: int) -> list:

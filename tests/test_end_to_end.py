@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from hotclicks.models import Click, Message, MessageStatus, Recipient
 
-from .helpers import BASE_URL, NEWSLETTER_HREFS, NEWSLETTER_LINKS, TEXT_LINK, newsletter, tracked_hrefs
+from .helpers import BASE_URL, NEWSLETTER_HREFS, NEWSLETTER_LINKS, TEXT_LINK, newsletter, tracked_hrefs, trap_hrefs
 
 RECIPIENTS = ["ann@example.org", "bob@example.org", "cat@example.org"]
 
@@ -27,9 +27,12 @@ def send(relay, message: bytes, recipients=RECIPIENTS) -> None:
 
 
 def untrack(forwarded: bytes, originals: dict[str, str]) -> bytes:
-    """The forwarded bytes with each tracked link put back and the open pixel removed."""
+    """The forwarded bytes with each tracked link put back, the trap link and the open pixel removed."""
     restored = re.sub(
-        rb'<img src="' + re.escape(BASE_URL.encode()) + rb'/o/[A-Za-z0-9_-]+"[^>]*/>', b"", forwarded
+        rb'<a href="' + re.escape(BASE_URL.encode()) + rb'/c/[A-Za-z0-9_-]+" style="display:none![^>]*></a>'
+        rb'<img src="' + re.escape(BASE_URL.encode()) + rb'/o/[A-Za-z0-9_-]+"[^>]*/>',
+        b"",
+        forwarded,
     )
     for tracked, original in originals.items():
         restored = restored.replace(tracked.encode(), original.encode(), 1)
@@ -55,6 +58,7 @@ def test_a_newsletter_is_split_per_recipient_with_every_link_tracked_and_nothing
         assert not tokens & seen_tokens  # and per recipient
         seen_tokens |= tokens
         assert b"/o/" in data  # the open pixel
+        assert len(trap_hrefs(data)) == 1  # and the hidden trap link, just before it
         # Undo the link changes: every other byte is the one that was sent, headers aside.
         originals = dict(zip(tracked_hrefs(data), [TEXT_LINK, *NEWSLETTER_HREFS]))
         expected = re.sub(rb"X-HotClicks-[A-Za-z]+: [^\r\n]*\r\n", b"", sent)

@@ -32,18 +32,24 @@ from hotclicks.errors import MimeError
 from hotclicks.executions import HEADERS, MarkError, read_marks
 from hotclicks.mime import edit_headers, read_headers, text_parts
 from hotclicks.models import RelayIncident
-from hotclicks.rewrite import PIXEL_TEMPLATE
+from hotclicks.rewrite import PIXEL_TEMPLATE, TRAP_TEMPLATE
 from smtp_relay.handler import RelaySMTP
 from smtp_relay.incidents import INCIDENT_UNPARSED
 
 from .conftest import CORPUS, require_corpus
+# At import, not inside a test: importing a module of @given tests while a @given test runs
+# fails Hypothesis' nested-@given health check (seen when this file runs alone).
+from .test_mime_corpus import wrap_base64, wrap_qp
 
 #: Longest a relay may take to answer one message before the campaign calls it a hang.
 HANG_BOUND = 120.0
 #: Fields the relay removes from a tracked message (and adds back, for List-Unsubscribe).
 RELAY_FIELDS = tuple(name.lower() for name in HEADERS) + ("list-unsubscribe", "list-unsubscribe-post", "dkim-signature")
 _URL = re.compile(r"(?:https?://|www\.)[^\s\"'<>]+", re.I)
-_PIXEL = re.compile(re.escape(PIXEL_TEMPLATE).replace(r"\{\}", r'[^"]*'))
+_PIXEL = re.compile(
+    "(?:" + re.escape(TRAP_TEMPLATE).replace(r"\{\}", r'[^"]*') + ")?"
+    + re.escape(PIXEL_TEMPLATE).replace(r"\{\}", r'[^"]*')
+)
 _LINE_BREAKS = re.compile(rb"\r\n|\n|\r")
 _LINE_END = re.compile(r"\r*\n")
 #: An href attribute's value, which the relay replaces whole (quoted or not, spaces and all).
@@ -89,7 +95,7 @@ def leaves(message: email.message.Message, inside_message: bool = False) -> list
 
 
 def text_of(part: email.message.Message) -> str:
-    """A rewritable part's decoded text, with the links and the open pixel folded away."""
+    """A rewritable part's decoded text, with the links, the trap link and the open pixel folded away."""
     # The transfer encoding's first token, as the relay reads "base64; x=1" (email would not).
     cte = str(part.get("content-transfer-encoding", "")).split(";")[0].strip()
     if cte != str(part.get("content-transfer-encoding", "")):
@@ -119,7 +125,7 @@ def check_forwarded(received: bytes, forwarded: bytes) -> bool:
     top-level fields but the relay's own (X-HotClicks-*, List-Unsubscribe*, DKIM-Signature);
     the MIME tree (content types, nesting, number of parts); every leaf the relay may not rewrite,
     raw payload byte for byte; every leaf it may rewrite, decoded text once each link (an href
-    value, an http(s) or www. URL) is folded to one token, the open pixel removed and CRs before an LF ignored:
+    value, an http(s) or www. URL) is folded to one token, the trap link and open pixel removed and CRs before an LF ignored:
     in a bare-LF message the relay writes a rewritten quoted-printable line's "=0A" (or "=0D=0A")
     as a hard line break, which SMTP carries as CRLF (so "\n" may come back "\r\n", and
     "\r\n" as "\r\r\n"); only whitespace, and only in mail that was not valid on the wire.
@@ -211,8 +217,6 @@ def mark(data: bytes) -> bytes:
 def corpus_bases() -> list[tuple[str, bytes]]:
     """Corpus messages to start from: each .eml without its DKIM signature (so the relay tracks
     it), and each template as a single-part quoted-printable and a multipart base64 message."""
-    from .test_mime_corpus import wrap_base64, wrap_qp
-
     bases = []
     for path in sorted(CORPUS.glob("*.eml")):
         raw = path.read_bytes()
