@@ -52,8 +52,9 @@ _PIXEL = re.compile(
 )
 _LINE_BREAKS = re.compile(rb"\r\n|\n|\r")
 _LINE_END = re.compile(r"\r*\n")
-#: An href attribute's value, which the relay replaces whole (quoted or not, spaces and all).
-_HREF = re.compile(r"""(\bhref\s*=\s*)(?:"[^"]*"|'[^']*'|[^\s>"']+)""", re.I)
+#: An href attribute's value, which the relay replaces whole (quoted or not, spaces and all; an
+#: unquoted one runs to the next space or ">", quotes included, as HTML reads it).
+_HREF = re.compile(r"""(\bhref\s*=\s*)(?:"[^"]*"|'[^']*'|[^\s>]+)""", re.I)
 _BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]+)"?', re.I)
 
 
