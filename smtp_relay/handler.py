@@ -19,7 +19,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, syntax
 from sqlalchemy.exc import SQLAlchemyError
 
-from hotclicks.models import utcnow
+from hotclicks.db.models import utcnow
 
 from .auth import Authenticator, AuthThrottle, client_key
 from .config import RelayConfig

@@ -27,7 +27,7 @@ from hotclicks import links
 from hotclicks.errors import MimeError
 from hotclicks.executions import HEADERS, MarkError, Marks, execution_for, read_marks
 from hotclicks.mime import ParsedMessage, edit_headers, read_headers
-from hotclicks.models import (
+from hotclicks.db.models import (
     DeliveryType,
     Execution,
     Message,
@@ -39,15 +39,8 @@ from hotclicks.models import (
     TrackedUrl,
     utcnow,
 )
-from hotclicks.store import (
-    LAST_MESSAGE_RESOLUTION,
-    LinkSpec,
-    delivery_id,
-    ensure_tracked_urls,
-    ensure_variant,
-    resolve_execution_id,
-    variant_signature,
-)
+from hotclicks.db.sending import LAST_MESSAGE_RESOLUTION, delivery_id, ensure_tracked_urls, ensure_variant, resolve_execution_id
+from hotclicks.links import LinkSpec, variant_signature
 from hotclicks.tokens import TokenSigner
 
 from . import records

@@ -1,12 +1,12 @@
 """The relay's bookkeeping on its hot path: lean Core statements, built once, on one connection.
 
-The delivery and the execution come from :mod:`hotclicks.store`'s Core functions (``delivery_id``,
+The delivery and the execution come from :mod:`hotclicks.db.sending`'s Core functions (``delivery_id``,
 ``resolve_execution_id``); these add the per-transaction batch: one statement reads every recipient
-of a transaction with their test profile and opt-out (what ``store.get_recipient``,
+of a transaction with their test profile and opt-out (what ``sending.get_recipient``,
 ``test_profile_for`` and ``is_unsubscribed`` tell one at a time), one inserts the transaction's
 message rows, with the same rule (``INSERT ... ON CONFLICT DO NOTHING`` then read back, so the
 database's unique constraints decide who wins). The rare paths (a new execution's tracked URLs, a content
-variant's sample) stay with the ORM functions of :mod:`hotclicks.store`.
+variant's sample) stay with the ORM functions of :mod:`hotclicks.db.sending`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, exists, insert, select, update
 
-from hotclicks.models import Message, MessageStatus, OptOut, Recipient, TestProfile, utcnow
-from hotclicks.store import insert_ignore
+from hotclicks.db.models import Message, MessageStatus, OptOut, Recipient, TestProfile, utcnow
+from hotclicks.db.upsert import upsert
 
 _RECIPIENT = Recipient.__table__
 _PROFILE = TestProfile.__table__
@@ -77,7 +77,7 @@ def recipient_facts(
     missing = [address for address in wanted if address not in found]
     if missing:
         now = utcnow()
-        insert_ignore(
+        upsert(
             connection,
             _RECIPIENT,
             [{"address": address, "external_id": external_id, "created_at": now} for address in missing],

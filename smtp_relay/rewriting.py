@@ -26,7 +26,7 @@ from multiprocessing.context import BaseContext
 from hotclicks import links, rewrite
 from hotclicks.errors import MimeError
 from hotclicks.mime import ParsedMessage, TextPart, edit_message, parse_message
-from hotclicks.store import LinkSpec
+from hotclicks.links import LinkSpec
 from hotclicks.tokens import TokenSigner
 
 log = logging.getLogger("smtp_relay")

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 log = logging.getLogger("hotclicks.db")
 
@@ -31,8 +31,12 @@ BRANCH_LABEL = "hotclicks"
 VERSION_TABLE = "hotclicks_alembic_version"
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+def sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    """Set HotClicks' SQLite settings on a new connection: WAL, ``synchronous=NORMAL`` (safe with
+    WAL), foreign keys, and the busy timeout. A ``connect`` event listener, for our own engines and
+    for a host app's Flask-SQLAlchemy engine alike."""
     cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -59,7 +63,7 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args=connect_args, **kwargs)
-        event.listen(engine, "connect", _set_sqlite_pragmas)
+        event.listen(engine, "connect", sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     try:
