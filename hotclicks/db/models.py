@@ -349,7 +349,7 @@ class RelayCounter(Base):
 # The reports read these instead of counting raw clicks, so that their cost grows with the number
 # of links, not of clicks. They are brought up to date by ``hotclicks.db.rollup.roll_up`` from a
 # watermark (the last click, open and message id folded in); the click path stays a single insert.
-# See ``hotclicks/reports.py`` for how rows that commit out of id order are waited for.
+# See ``hotclicks/db/rollup.py`` for how rows that commit out of id order are waited for.
 
 
 class RollupState(Base):

@@ -111,6 +111,12 @@ _EXECUTION_COUNTERS = ["messages", "clicks", "machine_clicks", "clickers", "all_
 
 
 def _fold_clicks(session: Session, lo: int, hi: int) -> None:
+    """Fold the clicks with ``lo < id <= hi`` into every aggregate.
+
+    Long on purpose: which (link, message) and message pairs are new must be read before the
+    same batch updates ``LinkClicker`` and ``MessageStats``, so the order of these statements is
+    the logic, and it reads best in one place.
+    """
     span = {"lo": lo, "hi": hi}
     where = "WHERE id > :lo AND id <= :hi"
     # What the batch adds to each link, and how many (link, message) pairs it makes new.

@@ -255,7 +255,9 @@ def execution_figures(session: Session, executions: Sequence[Execution]) -> dict
     """The figures of ``executions``: folded aggregates plus the rows above the watermark.
 
     Message statuses change after the fact (queued, then sent or failed), so they are counted from
-    the broad log itself, grouped by execution through its index.
+    the broad log itself, grouped by execution through its index. Long because each figure has
+    its own source (aggregate, log, tail); one function keeps them one answer for every page and
+    ``flask hotclicks stats``.
     """
     ids = [e.id for e in executions]
     figures = {e.id: heat.ExecutionFigures(e, last_send=e.last_message_at) for e in executions}
