@@ -38,7 +38,7 @@ import email.message
 import email.policy
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from itertools import accumulate
@@ -53,7 +53,9 @@ __all__ = [
     "edit_message",
     "parse_message",
     "read_headers",
+    "rewrite_message",
     "split_header",
+    "text_parts",
 ]
 
 #: Deepest multipart nesting accepted; deeper is either an attack or a broken mailer.
@@ -183,12 +185,38 @@ def parse_message(raw: bytes) -> ParsedMessage:
     return ParsedMessage(raw, parts, decoded, eol)
 
 
+def text_parts(raw: bytes) -> list[TextPart]:
+    """Every rewritable part of the message, decoded, in document order."""
+    return list(parse_message(raw).parts)
+
+
+def rewrite_message(raw: bytes, transform: Callable[[TextPart], str | None]) -> bytes:
+    """Replace the text of the rewritable parts by what ``transform`` returns for each.
+
+    ``transform`` returning ``None`` or the text it was given leaves that part's bytes as they
+    are; a message whose parts are all left alone is returned as the very same bytes. Raises
+    :class:`MimeError` before calling ``transform`` when the message cannot be parsed or a
+    rewritable part cannot be decoded, and after it when the new text cannot be encoded in the
+    part's charset (a bug of the transform); never returns a half-rewritten message.
+    """
+    parsed = parse_message(raw)
+    bodies: dict[int, tuple[bytes, list[tuple[int, int, int, int]] | None]] = {}
+    for part, dec in zip(parsed.parts, parsed._decoded):
+        new_text = transform(part)
+        if new_text is None or new_text == dec.text:
+            continue
+        if not isinstance(new_text, str):
+            raise TypeError(f"transform must return str or None, not {type(new_text).__name__}")
+        bodies[part.index] = (_encode_text(new_text, dec), None)
+    return _splice_parts(parsed, bodies)
+
+
 def edit_message(parsed: ParsedMessage, edits: Mapping[int, Sequence[tuple[int, int, str]]]) -> bytes:
     """The message with, in each part ``i`` of ``edits``, ``text[start:end]`` replaced by the
     new text of each ``(start, end, new text)`` (in order, not overlapping).
 
-    Only what changed is encoded again, so every other byte of the message is kept; the rewriter
-    says what changed, so the old and new texts need not be compared. Raises :class:`MimeError` when a new text
+    What :func:`rewrite_message` gives for the same new texts, without comparing the old and new
+    text to find what changed: the rewriter says it. Raises :class:`MimeError` when a new text
     cannot be encoded in the part's charset.
     """
     bodies: dict[int, tuple[bytes, list[tuple[int, int, int, int]] | None]] = {}

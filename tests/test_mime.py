@@ -11,8 +11,6 @@ import email.policy
 import email.quoprimime
 import re
 from collections.abc import Callable
-from difflib import SequenceMatcher
-from itertools import accumulate
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,52 +20,11 @@ from hotclicks.errors import MimeError
 from hotclicks.mime import (
     TextPart,
     edit_headers,
-    edit_message,
-    parse_message,
     read_headers,
+    rewrite_message,
     split_header,
+    text_parts,
 )
-
-#: Runs of URL-ish characters, and runs of what ends a URL: the units a transform's changes are
-#: located in, as the rewriter's own edits are.
-_WORDS = re.compile(r"[^\s\"'<>]+|[\s\"'<>]+")
-
-
-def text_parts(raw: bytes) -> list[TextPart]:
-    return list(parse_message(raw).parts)
-
-
-def rewrite_message(raw: bytes, transform: Callable[[TextPart], str | None]) -> bytes:
-    """The message with each part's text replaced by what ``transform`` returns (None: left
-    alone), through the relay's own path: ``parse_message``, then ``edit_message`` with the words
-    that changed as edits."""
-    parsed = parse_message(raw)
-    edits: dict[int, list[tuple[int, int, str]]] = {}
-    for part in parsed.parts:
-        new = transform(part)
-        if new is None or new == part.text:
-            continue
-        if not isinstance(new, str):
-            raise TypeError(f"transform must return str or None, not {type(new).__name__}")
-        old_words, new_words = _WORDS.findall(part.text), _WORDS.findall(new)
-        at_old = list(accumulate(map(len, old_words), initial=0))
-        at_new = list(accumulate(map(len, new_words), initial=0))
-        edits[part.index] = [
-            _narrowed(part.text, new, at_old[i1], at_old[i2], at_new[j1], at_new[j2])
-            for tag, i1, i2, j1, j2 in SequenceMatcher(None, old_words, new_words, autojunk=False).get_opcodes()
-            if tag != "equal"
-        ]
-    return edit_message(parsed, edits)
-
-
-def _narrowed(old: str, new: str, o1: int, o2: int, n1: int, n2: int) -> tuple[int, int, str]:
-    """The edit of ``old[o1:o2]`` into ``new[n1:n2]``, without their common head and tail."""
-    while o1 < o2 and n1 < n2 and old[o1] == new[n1]:
-        o1, n1 = o1 + 1, n1 + 1
-    while o1 < o2 and n1 < n2 and old[o2 - 1] == new[n2 - 1]:
-        o2, n2 = o2 - 1, n2 - 1
-    return o1, o2, new[n1:n2]
-
 
 URL = "http://a.example/page"
 TRACKED = "https://track.example/x/123"

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from hotclicks.errors import MimeError
-from hotclicks.mime import TextPart, edit_headers, split_header
-from tests.test_mime import check_rewrite, rewritable, rewrite_message, stdlib, text_parts
+from hotclicks.mime import TextPart, edit_headers, rewrite_message, split_header, text_parts
+from tests.test_mime import check_rewrite, rewritable, stdlib
 
 pytestmark = pytest.mark.corpus
 
