@@ -1,8 +1,8 @@
 """The reports blueprint: hot clicks and tracking reports, as pages, as JSON under /api, as CSV.
 
 Views are thin: the figures and rows come from ``hotclicks.db.stats`` (folded by
-``hotclicks.db.rollup``), the badges from :mod:`flask_hotclicks.annotate`. Every page has a JSON twin under
-``/api/`` and every table a CSV export (docs/reports.md lists them). The pages are plain
+``hotclicks.db.rollup``), the badges from :mod:`flask_hotclicks.annotate`. Every page has a JSON
+twin under ``/api/`` and every table a CSV export (docs/reports.md lists them). The pages are plain
 server-rendered HTML with a small script and style sheet shipped in the package, under a strict
 Content-Security-Policy; the email itself is shown in a sandboxed frame served by its own route
 with a policy of its own, so nothing in an email runs in the report's origin.
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from hotclicks.db import rollup, stats
 from hotclicks.db.admin import list_profiles
-from hotclicks.db.models import Delivery, Execution, MessageStatus, Recipient, TestProfile
+from hotclicks.db.models import Delivery, Execution, Message, MessageStatus, Recipient, TestProfile
 from hotclicks.heat import ExecutionFigures, HotClicksReport, VariantShare
 
 from . import annotate
@@ -270,7 +270,7 @@ def _urls(session: Session, execution: Execution, include_machine: bool) -> list
 URL_COLUMNS = ["id", "part", "position", "label", "url", "clicks", "unique_clickers", "share"]
 
 
-def _message_json(message: Any, address: str) -> dict[str, Any]:
+def _message_json(message: Message, address: str) -> dict[str, Any]:
     return {
         "id": message.id,
         "recipient": address,

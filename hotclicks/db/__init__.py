@@ -1,8 +1,15 @@
-"""Connecting to the shared database and migrating it.
+"""The shared database: connecting to it and migrating it (here), and one module per aggregate.
+
+``models`` is the schema; ``sending`` (deliveries, executions, tracked URLs, variants,
+recipients), ``events`` (clicks and opens), ``journal`` (clicks written ahead to a file),
+``subscribers`` (opt-outs), ``admin`` (test profiles, relay accounts, retention), ``rollup`` (the
+reports' aggregates) and ``stats`` (every report query) read and write it; ``upsert`` is how rows
+that concurrent writers may create are written.
 
 Both halves (relay and Flask extension) call these, so SQLite gets the same settings everywhere:
 WAL so readers never block the writer, a busy timeout so concurrent writers wait instead of
-failing with "database is locked", and foreign keys on.
+failing with "database is locked", and foreign keys on (:func:`sqlite_pragmas` goes on a host
+app's Flask-SQLAlchemy engine too).
 """
 
 from __future__ import annotations
@@ -16,6 +23,21 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import ConfigurationError
+
+__all__ = [
+    "BRANCH_LABEL",
+    "DEFAULT_DATABASE_URL",
+    "SQLITE_BUSY_TIMEOUT",
+    "VERSION_TABLE",
+    "check_migrated",
+    "create_db_engine",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "session_factory",
+    "sqlite_pragmas",
+    "upgrade",
+]
 
 log = logging.getLogger("hotclicks.db")
 
