@@ -14,6 +14,7 @@ setup(
     python_requires=">=3.11",
     packages=[
         "hotclicks",
+        "hotclicks.db",
         "hotclicks.migrations",
         "hotclicks.migrations.versions",
         "flask_hotclicks",

@@ -54,8 +54,8 @@ import flask_hotclicks.tracking  # noqa: E402
 from example_app import traffic  # noqa: E402
 from flask_hotclicks import HotClicks  # noqa: E402
 from hotclicks import db  # noqa: E402
-from hotclicks.models import Click, Delivery, Message, Open, Recipient  # noqa: E402
-from hotclicks.reports import delivery_executions, hot_clicks_report  # noqa: E402
+from hotclicks.db.models import Click, Delivery, Message, Open, Recipient  # noqa: E402
+from hotclicks.db.stats import delivery_executions, hot_clicks_report  # noqa: E402
 from smtp_relay import RelayConfig, RelayController  # noqa: E402
 
 BASE_URL = "http://t.bench.example/t"

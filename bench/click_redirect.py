@@ -103,8 +103,9 @@ def seed(database_url: str) -> list[str]:
     """Migrate, record MESSAGES messages with LINKS links each; the click paths to request."""
     from hotclicks import db, links
     from hotclicks.executions import Marks
-    from hotclicks.models import Message, MessageStatus, Recipient, utcnow
-    from hotclicks.store import LinkSpec, ensure_tracked_urls, resolve_execution
+    from hotclicks.db.models import Message, MessageStatus, Recipient, utcnow
+    from hotclicks.db.sending import ensure_tracked_urls, resolve_execution
+    from hotclicks.links import LinkSpec
     from hotclicks.tokens import TokenSigner
 
     engine = db.create_db_engine(database_url)
@@ -140,7 +141,7 @@ def count_clicks(database_url: str) -> int:
     from sqlalchemy import func, select
 
     from hotclicks import db
-    from hotclicks.models import Click
+    from hotclicks.db.models import Click
 
     engine = db.create_db_engine(database_url)
     try:

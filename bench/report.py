@@ -36,8 +36,10 @@ from flask import Flask  # noqa: E402
 from sqlalchemy import Engine, create_engine, make_url, text  # noqa: E402
 
 from flask_hotclicks import HotClicks  # noqa: E402
-from hotclicks import db, reports, store  # noqa: E402
-from hotclicks.models import Delivery, DeliveryType, Execution, Recipient  # noqa: E402
+from hotclicks import db  # noqa: E402
+from hotclicks.links import LinkSpec, variant_signature  # noqa: E402
+from hotclicks.db import rollup, sending  # noqa: E402
+from hotclicks.db.models import Delivery, DeliveryType, Execution, Recipient  # noqa: E402
 
 CODE = "bench-news"
 HTML_LINKS = 20
@@ -73,10 +75,10 @@ def _seed_base(engine: Engine, messages: int) -> tuple[int, int, int, int]:
             html = _html(name)
             from hotclicks.rewrite import find_html_links, find_text_links
 
-            specs = [store.LinkSpec("html", link.key, link.url, None, link.label, link.index) for link in find_html_links(html)]
-            specs += [store.LinkSpec("text", link.key, link.url, None, "", link.index) for link in find_text_links(TEXT)]
-            store.ensure_tracked_urls(session, execution, specs)
-            variants.append(store.ensure_variant(session, execution, store.variant_signature(specs), html=html, text=TEXT))
+            specs = [LinkSpec("html", link.key, link.url, None, link.label, link.index) for link in find_html_links(html)]
+            specs += [LinkSpec("text", link.key, link.url, None, "", link.index) for link in find_text_links(TEXT)]
+            sending.ensure_tracked_urls(session, execution, specs)
+            variants.append(sending.ensure_variant(session, execution, variant_signature(specs), html=html, text=TEXT))
         session.add(Recipient(address="seed@example.org", created_at=T0))
         session.flush()
         execution_id = execution.id
@@ -166,7 +168,7 @@ def run(url: str, sizes: list[int], messages: int, tail: int, repeat: int, label
         seeded = time.perf_counter() - started
         started = time.perf_counter()
         with db.session_factory(engine).begin() as session:
-            reports.roll_up(session, settle=0)
+            rollup.roll_up(session, settle=0)
         folded = time.perf_counter() - started
         _add_clicks(engine, size + 1, tail, first_url, urls, first_message, messages)  # the live tail
         have = size + tail

@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 from werkzeug.serving import make_server
 
 from hotclicks import db
-from hotclicks.models import Click, Delivery, Execution, Message, Open, TestProfile
+from hotclicks.db.models import Click, Delivery, Execution, Message, Open, TestProfile
 
 from . import create_app, simulate
 from .mailings import (

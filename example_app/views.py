@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from flask_hotclicks import HotClicks
-from hotclicks.models import Delivery
+from hotclicks.db.models import Delivery
 
 from .mailings import NEWSLETTER, newsletter_context, render
 from .models import Subscriber

@@ -22,9 +22,11 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from hotclicks import db, links, networks, store
+from hotclicks import db, links, networks
+from hotclicks.db import admin
+from hotclicks.db.models import utcnow
+from hotclicks.db.stats import delivery_figures
 from hotclicks.errors import HotClicksError
-from hotclicks.models import utcnow
 from hotclicks.settings import parse_duration
 
 from .extension import HotClicksState, get_state
@@ -103,7 +105,7 @@ def profiles_group() -> None:
 @_command
 def profiles_list(as_json: bool) -> None:
     with _state().sessions() as session:
-        profiles = store.list_profiles(session)
+        profiles = admin.list_profiles(session)
     if as_json:
         click.echo(
             json.dumps(
@@ -128,7 +130,7 @@ def profiles_list(as_json: bool) -> None:
 @_command
 def profiles_add(name: str, address: str, attrs: tuple[str, ...]) -> None:
     with _state().sessions.begin() as session:
-        profile = store.create_profile(session, name, address, _attributes(attrs))
+        profile = admin.create_profile(session, name, address, _attributes(attrs))
         click.echo(f"created test profile {profile.name} ({profile.address}), id {profile.id}")
 
 
@@ -143,7 +145,7 @@ def profiles_edit(
     profile: str, name: str | None, address: str | None, attrs: tuple[str, ...], remove: tuple[str, ...]
 ) -> None:
     with _state().sessions.begin() as session:
-        changed = store.update_profile(
+        changed = admin.update_profile(
             session, profile, name=name, address=address, attributes=_attributes(attrs), remove=remove
         )
         click.echo(f"updated test profile {changed.name} ({changed.address})")
@@ -154,7 +156,7 @@ def profiles_edit(
 @_command
 def profiles_delete(profile: str) -> None:
     with _state().sessions.begin() as session:
-        store.delete_profile(session, profile)
+        admin.delete_profile(session, profile)
     click.echo(f"deleted test profile {profile}")
 
 
@@ -182,7 +184,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 @_command
 def stats(delivery: str) -> None:
     with _state().sessions() as session:
-        lines = store.delivery_stats(session, delivery)
+        lines = delivery_figures(session, delivery)
     if lines is None:
         raise click.ClickException(f"no delivery {delivery!r}")
     if not lines:
@@ -200,7 +202,7 @@ def stats(delivery: str) -> None:
                 s.failed,
                 s.opens,
                 s.clicks,
-                s.unique_clickers,
+                s.clickers,
                 f"{s.reactivity:.1f}%",
                 s.opt_outs,
                 s.machine_clicks,
@@ -227,7 +229,7 @@ def purge(older_than: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"Delete clicks and opens from before {before:%Y-%m-%d %H:%M} UTC?", abort=True)
     with _state().sessions.begin() as session:
-        counts = store.purge_events(session, before)
+        counts = admin.purge_events(session, before)
     click.echo(", ".join(f"{n} {what}" for what, n in counts.items()) + " deleted")
 
 

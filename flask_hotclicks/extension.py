@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from hotclicks import db, settings
 from hotclicks.bots import BotRules
 from hotclicks.errors import ConfigurationError
-from hotclicks.journal import EventJournal, replay_orphans
+from hotclicks.db.journal import EventJournal, replay_orphans
 from hotclicks.networks import NetworkIndex, network_index
 from hotclicks.tokens import TokenSigner
 
 if TYPE_CHECKING:
-    from hotclicks.models import TestProfile
+    from hotclicks.db.models import TestProfile
 
 log = logging.getLogger("flask_hotclicks")
 
@@ -88,13 +88,6 @@ def _tracking_prefix(config: dict[str, Any]) -> str:
     return config["HOTCLICKS_TRACKING_PREFIX"].rstrip("/")
 
 
-def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={db.SQLITE_BUSY_TIMEOUT * 1000}")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.close()
-
-
 def _flask_sqlalchemy_engine(app: Flask, bind: str | None) -> Engine:
     ext = app.extensions.get("sqlalchemy")
     if ext is None:
@@ -112,7 +105,7 @@ def _flask_sqlalchemy_engine(app: Flask, bind: str | None) -> Engine:
         engine: Engine = engines[bind]
     if engine.dialect.name == "sqlite":
         # Concurrent workers must wait for the lock rather than fail with "database is locked".
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", db.sqlite_pragmas)
     return engine
 
 
@@ -239,7 +232,7 @@ class HotClicks:
     def preview_renderer(self, callback: F) -> F:
         """Register how to render a delivery's content for a test profile (or for no profile).
 
-        ``callback(delivery_code, profile)`` gets a :class:`~hotclicks.models.TestProfile` or None
+        ``callback(delivery_code, profile)`` gets a :class:`~hotclicks.db.models.TestProfile` or None
         (a recipient with no attributes) and returns a :class:`Preview`, a dict with ``html`` and
         ``text``, or None when it cannot render that delivery. The hot clicks report uses it.
         """

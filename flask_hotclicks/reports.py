@@ -1,7 +1,8 @@
 """The reports blueprint: hot clicks and tracking reports, as pages, as JSON under /api, as CSV.
 
-Views are thin: the figures come from ``hotclicks.reports``. Every page has a JSON twin under
-``/api/`` and every table a CSV export (docs/reports.md lists them). The pages are plain
+Views are thin: the figures and rows come from ``hotclicks.db.stats`` (folded by
+``hotclicks.db.rollup``), the badges from :mod:`flask_hotclicks.annotate`. Every page has a JSON
+twin under ``/api/`` and every table a CSV export (docs/reports.md lists them). The pages are plain
 server-rendered HTML with a small script and style sheet shipped in the package, under a strict
 Content-Security-Policy; the email itself is shown in a sandboxed frame served by its own route
 with a policy of its own, so nothing in an email runs in the report's origin.
@@ -18,26 +19,16 @@ from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
-from sqlalchemy import func, or_, select
 from werkzeug.wrappers import Response as WerkzeugResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from hotclicks import reports as core
-from hotclicks.models import (
-    Click,
-    Delivery,
-    Execution,
-    Message,
-    MessageStatus,
-    Open,
-    OptOut,
-    Recipient,
-    TestProfile,
-    TrackedUrl,
-)
-from hotclicks.store import list_profiles
+from hotclicks.db import rollup, stats
+from hotclicks.db.admin import list_profiles
+from hotclicks.db.models import Delivery, Execution, Message, MessageStatus, Recipient, TestProfile
+from hotclicks.heat import ExecutionFigures, HotClicksReport, VariantShare
 
+from . import annotate
 from .extension import HotClicksState, get_state
 
 log = logging.getLogger("flask_hotclicks.reports")
@@ -114,10 +105,10 @@ def _bring_up_to_date(state: HotClicksState) -> None:
     """Fold settled clicks into the aggregates before reading them (cheap when there are none)."""
     try:
         with state.sessions() as session:
-            if not core.needs_roll_up(session):
+            if not rollup.needs_roll_up(session):
                 return
         with state.sessions.begin() as session:
-            core.roll_up(session)
+            rollup.roll_up(session)
     except OperationalError:  # a busy database: the live tail still counts what is not folded
         log.warning("could not fold the latest clicks into the report aggregates", exc_info=True)
 
@@ -158,7 +149,7 @@ def _csv(filename: str, columns: list[str], rows: list[dict[str, Any]]) -> Respo
 
 
 def _delivery(session: Session, code: str) -> Delivery:
-    delivery = session.scalars(select(Delivery).where(Delivery.code == code)).first()
+    delivery = stats.find_delivery(session, code)
     if delivery is None:
         abort(404)
     return delivery
@@ -186,7 +177,7 @@ def _execution_json(execution: Execution) -> dict[str, Any]:
     }
 
 
-def _figures_json(f: core.ExecutionFigures) -> dict[str, Any]:
+def _figures_json(f: ExecutionFigures) -> dict[str, Any]:
     return {
         "sent": f.sent,
         "delivered": f.delivered,
@@ -207,27 +198,20 @@ FIGURE_COLUMNS = ["sent", "delivered", "failed", "opens", "unique_openers", "cli
                   "click_rate", "reactivity", "opt_outs", "machine_clicks"]
 
 
+@blueprint.route("/badges.css")
+def badges_css() -> Any:
+    """The badges' style sheet: the one the email's frame inlines, so both show the same badges."""
+    return Response(annotate.BADGE_CSS, mimetype="text/css")
+
+
 # -- deliveries ---------------------------------------------------------------------------------
 
 
 def _deliveries(session: Session) -> list[dict[str, Any]]:
-    query = request.args.get("q", "").strip()
-    statement = select(Delivery).order_by(Delivery.code)
-    if query:
-        statement = statement.where(Delivery.code.contains(query, autoescape=True))
-    deliveries = list(session.scalars(statement))
-    executions = list(
-        session.scalars(select(Execution).where(Execution.delivery_id.in_([d.id for d in deliveries])))
-    ) if deliveries else []
-    figures = core.execution_figures(session, executions)
-    rows = []
-    for delivery in deliveries:
-        mine = [e for e in executions if e.delivery_id == delivery.id]
-        total = core.ExecutionFigures(mine[0] if mine else None)  # type: ignore[arg-type]
-        for execution in mine:
-            total.add(figures[execution.id])
-        rows.append({"delivery": delivery.code, "type": delivery.type.value, "executions": len(mine),
-                     **_figures_json(total)})
+    rows = [
+        {"delivery": delivery.code, "type": delivery.type.value, "executions": executions, **_figures_json(total)}
+        for delivery, executions, total in stats.delivery_totals(session, request.args.get("q", "").strip())
+    ]
     rows.sort(key=lambda r: r["last_send"] or "", reverse=True)
     return rows
 
@@ -258,7 +242,7 @@ def deliveries_csv() -> Any:
 
 
 def _executions_rows(session: Session, delivery: Delivery, executions: list[Execution]) -> list[dict[str, Any]]:
-    figures = core.execution_figures(session, executions)
+    figures = stats.execution_figures(session, executions)
     return [{"execution": e.id, **_execution_json(e), **_figures_json(figures[e.id])} for e in executions]
 
 
@@ -266,7 +250,7 @@ EXECUTION_COLUMNS = ["execution", "started_at", "run_key", "period", "version", 
 
 
 def _urls(session: Session, execution: Execution, include_machine: bool) -> list[dict[str, Any]]:
-    report = core.hot_clicks_report(session, execution, include_machine=include_machine)
+    report = stats.hot_clicks_report(session, execution, include_machine=include_machine)
     return [
         {
             "id": f.tracked_url.id,
@@ -286,34 +270,30 @@ def _urls(session: Session, execution: Execution, include_machine: bool) -> list
 URL_COLUMNS = ["id", "part", "position", "label", "url", "clicks", "unique_clickers", "share"]
 
 
+def _message_json(message: Message, address: str) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "recipient": address,
+        "recipient_id": message.recipient_id,
+        "status": message.status.value,
+        "reply": message.status_reply,
+        "variant": message.variant_id,
+        "created_at": _iso(message.created_at),
+        "sent_at": _iso(message.sent_at),
+    }
+
+
 def _messages(session: Session, execution: Execution) -> tuple[list[dict[str, Any]], int]:
-    query = request.args.get("q", "").strip().lower()
-    status = request.args.get("status", "")
     page = max(1, request.args.get("page", 1, type=int) or 1)
-    statement = (
-        select(Message, Recipient.address)
-        .join(Recipient, Recipient.id == Message.recipient_id)
-        .where(Message.execution_id == execution.id)
+    rows, count = stats.execution_messages(
+        session,
+        execution,
+        search=request.args.get("q", "").strip().lower(),
+        status=request.args.get("status", ""),
+        offset=(page - 1) * PAGE_SIZE,
+        limit=PAGE_SIZE,
     )
-    if query:
-        statement = statement.where(Recipient.address.contains(query, autoescape=True))
-    if status in {s.value for s in MessageStatus}:
-        statement = statement.where(Message.status == MessageStatus(status))
-    count = session.scalar(select(func.count()).select_from(statement.subquery())) or 0
-    rows = session.execute(statement.order_by(Message.id).limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).all()
-    return [
-        {
-            "id": m.id,
-            "recipient": address,
-            "recipient_id": m.recipient_id,
-            "status": m.status.value,
-            "reply": m.status_reply,
-            "variant": m.variant_id,
-            "created_at": _iso(m.created_at),
-            "sent_at": _iso(m.sent_at),
-        }
-        for m, address in rows
-    ], count
+    return [_message_json(m, address) for m, address in rows], count
 
 
 MESSAGE_COLUMNS = ["id", "recipient", "status", "reply", "variant", "created_at", "sent_at"]
@@ -321,7 +301,7 @@ MESSAGE_COLUMNS = ["id", "recipient", "status", "reply", "variant", "created_at"
 
 def _delivery_data(session: Session, code: str) -> dict[str, Any]:
     delivery = _delivery(session, code)
-    executions = core.delivery_executions(session, delivery)
+    executions = stats.delivery_executions(session, delivery)
     execution = _execution(session, delivery, executions)
     machine = _flag("machine")
     data: dict[str, Any] = {
@@ -338,7 +318,7 @@ def _delivery_data(session: Session, code: str) -> dict[str, Any]:
     if execution is not None:
         data["urls"] = _urls(session, execution, machine)
         data["click_stream"] = [{"hour": h.isoformat(), "clicks": n}
-                                for h, n in core.click_stream(session, execution, include_machine=machine)]
+                                for h, n in stats.click_stream(session, execution, include_machine=machine)]
         data["messages"], data["messages_total"] = _messages(session, execution)
     return data
 
@@ -369,7 +349,7 @@ def delivery_json(code: str) -> Any:
 def executions_csv(code: str) -> Any:
     with _session() as session:
         delivery = _delivery(session, code)
-        rows = _executions_rows(session, delivery, core.delivery_executions(session, delivery))
+        rows = _executions_rows(session, delivery, stats.delivery_executions(session, delivery))
     return _csv(f"{code}-executions.csv", EXECUTION_COLUMNS, rows)
 
 
@@ -384,18 +364,10 @@ def urls_csv(code: str) -> Any:
 def messages_csv(code: str) -> Any:
     with _session() as session:
         delivery = _delivery(session, code)
-        execution = _execution(session, delivery, core.delivery_executions(session, delivery))
+        execution = _execution(session, delivery, stats.delivery_executions(session, delivery))
         rows: list[dict[str, Any]] = []
         if execution is not None:
-            statement = (
-                select(Message, Recipient.address)
-                .join(Recipient, Recipient.id == Message.recipient_id)
-                .where(Message.execution_id == execution.id)
-                .order_by(Message.id)
-            )
-            for m, address in session.execute(statement):
-                rows.append({"id": m.id, "recipient": address, "status": m.status.value, "reply": m.status_reply,
-                             "variant": m.variant_id, "created_at": _iso(m.created_at), "sent_at": _iso(m.sent_at)})
+            rows = [_message_json(m, address) for m, address in stats.execution_messages(session, execution)[0]]
     return _csv(f"{code}-messages.csv", MESSAGE_COLUMNS, rows)
 
 
@@ -435,7 +407,7 @@ def _profile(session: Session) -> TestProfile | None:
 def _hot_clicks(session: Session, code: str, *, frame: bool = False) -> dict[str, Any]:
     """Everything the hot clicks page, its frame and its JSON twin show (the frame: less)."""
     delivery = _delivery(session, code)
-    executions = core.delivery_executions(session, delivery)
+    executions = stats.delivery_executions(session, delivery)
     execution = _execution(session, delivery, executions)
     measure = "unique" if request.args.get("measure") == "unique" else "clicks"
     machine = _flag("machine")
@@ -445,16 +417,16 @@ def _hot_clicks(session: Session, code: str, *, frame: bool = False) -> dict[str
         return data
     state = _state()
     profile = _profile(session)
-    report = core.hot_clicks_report(session, execution, include_machine=machine, measure=measure, variants=not frame)
+    report = stats.hot_clicks_report(session, execution, include_machine=machine, measure=measure, variants=not frame)
     preview = state.extension.render_preview(delivery.code, profile)
-    content = core.choose_content(session, execution, profile, (preview.html, preview.text) if preview else None)
+    content = stats.choose_content(session, execution, profile, (preview.html, preview.text) if preview else None)
     data.update(report=report, profile=profile, content=content)
     if not frame:
-        data["counts"] = core.execution_counts(session, executions, include_machine=machine)
+        data["counts"] = stats.execution_counts(session, executions, include_machine=machine)
     return data
 
 
-def _hot_clicks_links_json(report: core.HotClicksReport) -> list[dict[str, Any]]:
+def _hot_clicks_links_json(report: HotClicksReport) -> list[dict[str, Any]]:
     return [
         {
             "id": f.tracked_url.id,
@@ -491,7 +463,7 @@ def hot_clicks_page(code: str) -> Any:
         content = data.get("content")
         report = data["report"]
         if report is not None and content is not None and content.text and view == "text":
-            text_pieces = core.annotate_text(content.text, report.by_key("text"),
+            text_pieces = annotate.annotate_text(content.text, report.by_key("text"),
                                              personal_params=_state().personal_params)
         profiles = list_profiles(session)
         return render_template(
@@ -500,8 +472,8 @@ def hot_clicks_page(code: str) -> Any:
             text_pieces=text_pieces,
             profiles=profiles,
             args=_state_args,
-            heat=list(zip(core.HEAT_COLOURS, (0, *core.HEAT_THRESHOLDS))),
-            heat_level=core.heat_level,
+            heat=list(zip(annotate.HEAT_COLOURS, (0, *annotate.HEAT_THRESHOLDS))),
+            badge_html=annotate.badge_html,
             show_images=_flag("images"),
             **data,
         )
@@ -517,7 +489,7 @@ def hot_clicks_frame(code: str) -> Any:
         if report is None or content is None or not content.html:
             body = "<!DOCTYPE html><p>No HTML content to show.</p>"
         else:
-            body, _ = core.annotate_html(content.html, report.by_key("html"), measure=data["measure"],
+            body, _ = annotate.annotate_html(content.html, report.by_key("html"), measure=data["measure"],
                                          personal_params=_state().personal_params, show_images=show_images)
     response = Response(body, mimetype="text/html")
     response.headers["Content-Security-Policy"] = FRAME_CSP.format(images="http: https:" if show_images else "")
@@ -529,17 +501,17 @@ def hot_clicks_json(code: str) -> Any:
     """Each tracked URL of one execution (the latest unless ?execution=ID) with its share of clicks."""
     with _session() as session:
         data = _hot_clicks(session, code)
-        report: core.HotClicksReport | None = data["report"]
+        report: HotClicksReport | None = data["report"]
         if report is None:
             return jsonify(delivery=code, execution=None, total_clicks=0, links=[])
-        content: core.ContentChoice = data["content"]
+        content: stats.ContentChoice = data["content"]
         badges: dict[str, list[dict[str, Any]]] = {"html": [], "text": []}
         personal = _state().personal_params
         if content.html:
-            found = core.html_badges(content.html, report.by_key("html"), personal_params=personal)
+            found = annotate.html_badges(content.html, report.by_key("html"), personal_params=personal)
             badges["html"] = [_badge_json(b) for b in found]
         if content.text:
-            badges["text"] = [_badge_json(p.badge) for p in core.annotate_text(
+            badges["text"] = [_badge_json(p.badge) for p in annotate.annotate_text(
                 content.text, report.by_key("text"), personal_params=personal) if p.badge]
         return jsonify(
             delivery=data["delivery"].code,
@@ -561,7 +533,7 @@ def hot_clicks_json(code: str) -> Any:
         )
 
 
-def _badge_json(badge: core.Badge) -> dict[str, Any]:
+def _badge_json(badge: annotate.Badge) -> dict[str, Any]:
     return {
         "index": badge.index,
         "key": badge.key,
@@ -572,7 +544,7 @@ def _badge_json(badge: core.Badge) -> dict[str, Any]:
     }
 
 
-def _variant_json(v: core.VariantShare) -> dict[str, Any]:
+def _variant_json(v: VariantShare) -> dict[str, Any]:
     return {
         "id": v.variant.id,
         "sample_source": v.variant.sample_source,
@@ -600,12 +572,7 @@ def _recipient_search(session: Session) -> list[dict[str, Any]]:
     query = request.args.get("q", "").strip().lower()
     if not query:
         return []
-    found = session.scalars(
-        select(Recipient)
-        .where(or_(Recipient.address.contains(query, autoescape=True), Recipient.external_id == query))
-        .order_by(Recipient.address)
-        .limit(PAGE_SIZE)
-    )
+    found = stats.find_recipients(session, query, PAGE_SIZE)
     return [{"id": r.id, "address": r.address, "external_id": r.external_id} for r in found]
 
 
@@ -627,17 +594,6 @@ def _recipient(session: Session, recipient_id: int) -> dict[str, Any]:
     if recipient is None:
         abort(404)
     machine = _flag("machine")
-    clicks_query = (
-        select(Click, TrackedUrl, Execution, Delivery.code)
-        .join(Message, Message.id == Click.message_id)
-        .join(TrackedUrl, TrackedUrl.id == Click.tracked_url_id)
-        .join(Execution, Execution.id == Message.execution_id)
-        .join(Delivery, Delivery.id == Execution.delivery_id)
-        .where(Message.recipient_id == recipient.id)
-        .order_by(Click.clicked_at.desc(), Click.id.desc())
-    )
-    if not machine:
-        clicks_query = clicks_query.where(Click.is_machine.is_(False))
     clicks = [
         {
             "clicked_at": c.clicked_at.isoformat(),
@@ -649,31 +605,14 @@ def _recipient(session: Session, recipient_id: int) -> dict[str, Any]:
             "machine": c.is_machine,
             "machine_reason": c.machine_reason,
         }
-        for c, t, e, code in session.execute(clicks_query)
+        for c, t, e, code in stats.recipient_clicks(session, recipient, include_machine=machine)
     ]
-    opens_query = (
-        select(Open, Execution, Delivery.code)
-        .join(Message, Message.id == Open.message_id)
-        .join(Execution, Execution.id == Message.execution_id)
-        .join(Delivery, Delivery.id == Execution.delivery_id)
-        .where(Message.recipient_id == recipient.id)
-        .order_by(Open.opened_at.desc())
-    )
-    if not machine:
-        opens_query = opens_query.where(Open.is_machine.is_(False))
     opens = [{"opened_at": o.opened_at.isoformat(), "delivery": code, "execution": e.id, "machine": o.is_machine}
-             for o, e, code in session.execute(opens_query)]
+             for o, e, code in stats.recipient_opens(session, recipient, include_machine=machine)]
     opt_outs = [
         {"created_at": o.created_at.isoformat(), "source": o.source, "cancelled_at": _iso(o.cancelled_at),
          "delivery": code}
-        for o, code in session.execute(
-            select(OptOut, Delivery.code)
-            .outerjoin(Message, Message.id == OptOut.message_id)
-            .outerjoin(Execution, Execution.id == Message.execution_id)
-            .outerjoin(Delivery, Delivery.id == Execution.delivery_id)
-            .where(OptOut.recipient_id == recipient.id)
-            .order_by(OptOut.created_at.desc())
-        )
+        for o, code in stats.recipient_opt_outs(session, recipient)
     ]
     return {
         "recipient": {"id": recipient.id, "address": recipient.address, "external_id": recipient.external_id,

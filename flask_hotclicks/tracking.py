@@ -30,20 +30,10 @@ from sqlalchemy.orm import Session
 from hotclicks import bots
 from hotclicks.errors import InvalidToken
 from hotclicks.links import LIST_UNSUBSCRIBE_POST
-from hotclicks.models import Recipient, utcnow
+from hotclicks.db.models import Recipient, utcnow
 from hotclicks.privacy import anonymize_ip
-from hotclicks.store import (
-    ClickEvent,
-    OpenEvent,
-    is_unsubscribed,
-    message_recipient,
-    record_clicks,
-    record_opens,
-    resubscribe,
-    set_tracking_opt_out,
-    tracked_url_target,
-    unsubscribe,
-)
+from hotclicks.db.events import ClickEvent, OpenEvent, record_clicks, record_opens, tracked_url_target
+from hotclicks.db.subscribers import is_unsubscribed, message_recipient, resubscribe, set_tracking_opt_out, unsubscribe
 from hotclicks.tokens import Token, TokenKind
 
 from .extension import HotClicksState, get_state

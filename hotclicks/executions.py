@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .models import DeliveryType
+from .enums import DeliveryType
 
 HEADER_DELIVERY = "X-HotClicks-Delivery"
 HEADER_TYPE = "X-HotClicks-Type"

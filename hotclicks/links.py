@@ -21,20 +21,25 @@ that message around it) is a machine's.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from .bots import TRAP_LINK_NAME
-from .store import LinkSpec
 from .tokens import Token, TokenKind, TokenSigner
 
 __all__ = [
     "LIST_UNSUBSCRIBE_POST",
     "TRAP_LINK_NAME",
+    "LinkSpec",
     "click_url",
+    "key_digest",
     "list_unsubscribe_headers",
     "open_url",
     "tracking_opt_out_url",
     "trap_link_spec",
     "unsubscribe_url",
+    "variant_signature",
 ]
 
 #: The ``List-Unsubscribe-Post`` value of RFC 8058 one-click unsubscribe.
@@ -42,6 +47,29 @@ LIST_UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
 #: Where the trap link's tracked URL says it goes; the click route answers a trap click with an
 #: empty page instead of a redirect, so this is never followed.
 TRAP_LINK_URL = "about:blank"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSpec:
+    """What the relay knows of one link when it registers the tracked URLs of a message."""
+
+    part: str  #: "html" or "text"
+    key: str
+    url: str  #: the target without personal query parameters
+    name: str | None
+    label: str
+    position: int
+
+
+def key_digest(link_key: str) -> str:
+    """The fixed-size digest that stands for a link key in the unique constraint."""
+    return hashlib.sha256(link_key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def variant_signature(links: Iterable[LinkSpec]) -> str:
+    """Variants of dynamic content differ by the set of links they contain."""
+    keys = sorted({f"{link.part}\x00{link.key}" for link in links})
+    return hashlib.sha256("\x01".join(keys).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _base(base_url: str) -> str:
@@ -80,7 +108,7 @@ def list_unsubscribe_headers(
 
 
 def trap_link_spec(part: str = "html", position: int = 1_000_000) -> LinkSpec:
-    """The trap link, to pass to ``store.ensure_tracked_urls`` with the message's own links."""
+    """The trap link, to pass to ``db.sending.ensure_tracked_urls`` with the message's own links."""
     return LinkSpec(
         part=part, key=TRAP_LINK_NAME, url=TRAP_LINK_URL, name=TRAP_LINK_NAME, label="", position=position
     )

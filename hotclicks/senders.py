@@ -22,7 +22,7 @@ from .executions import (
     MarkError,
     read_marks,
 )
-from .models import DeliveryType
+from .enums import DeliveryType
 
 __all__ = ["mark_message", "template_version", "tracking_headers"]
 

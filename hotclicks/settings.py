@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .executions import PERIODS
+
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "DEFAULT_SPOOL_DIR",
@@ -54,8 +56,6 @@ UPSTREAM_SECURITY = ("none", "starttls", "tls")
 #: "keep" forwards it unchanged and untracked (its signature stays valid), "strip" removes the old
 #: signature and tracks it. With a key, the relay always re-signs.
 DKIM_SIGNED_POLICIES = ("keep", "strip")
-#: A transactional delivery's execution periods (hotclicks.executions.PERIODS, which imports the models).
-_PERIODS = ("day", "week", "month")
 
 # -- parsers: a value as a flag, a variable or a TOML file gives it, to what the code uses ---------
 
@@ -175,7 +175,7 @@ class Setting:
 #: Both sides read these, and they must agree (the relay signs the links the extension checks).
 _SHARED = (
     Setting("database_url", "SQLAlchemy URL of the database shared by the relay and the Flask app", DEFAULT_DATABASE_URL, sides=_BOTH, metavar="URL",
-            flask_help="SQLAlchemy URL of the database shared with the relay; `postgresql://...` uses psycopg 3. SQLite runs in WAL mode with a 30 s busy timeout."),
+            flask_help="SQLAlchemy URL of the database shared with the relay; `postgresql://...` uses psycopg 3. SQLite runs in WAL mode (`synchronous=NORMAL`) with foreign keys on and a 30 s busy timeout."),
     Setting("secret_key", "key that signs tracking links, the same on the relay and the Flask app (required by the relay)", sides=_BOTH, metavar="KEY", required=True,
             flask_help="The key that signs tracking links; the relay must be given the same (`--secret-key`). `None`: the app's `SECRET_KEY` (a key of its own is derived from it)."),
     Setting("fallback_keys", "comma-separated older keys still accepted after a rotation", (), parse_list, _BOTH, env="SECRET_KEY_FALLBACKS", metavar="KEYS",
@@ -196,7 +196,7 @@ _RELAY_ONLY = (
     Setting("upstream", "HOST:PORT of the mail server to forward to", "127.0.0.1:25", metavar="HOST:PORT"),
     Setting("open_pixel", "add the open pixel to HTML parts", True, parse_bool),
     Setting("trap_link", "add the hidden trap link to HTML parts: only link scanners click it, which tells their clicks from people's", True, parse_bool),
-    Setting("transactional_period", "period of a transactional delivery's executions", "month", choices=_PERIODS),
+    Setting("transactional_period", "period of a transactional delivery's executions", "month", choices=PERIODS),
     Setting("quiet_gap", "a recurring delivery without X-HotClicks-Run starts a new run after this long without a message", "1h", **_DURATION_ARGS),
     Setting("spool_dir", "directory where accepted mail waits for the upstream (this relay's alone)", DEFAULT_SPOOL_DIR, metavar="DIR"),
     Setting("max_message_size", "largest message accepted, in bytes (552 above)", 32 * 1024 * 1024, int, metavar="BYTES"),
@@ -241,7 +241,7 @@ def _flask(name: str, help: str, default: Any, parse: Callable[[Any], Any]) -> S
 
 #: The Flask extension's own ``HOTCLICKS_*`` keys, in the order of its docs.
 _FLASK_ONLY = (
-    _flask("use_flask_sqlalchemy", "`True`: use the engine the host app's Flask-SQLAlchemy already has (set it up first) instead of `HOTCLICKS_DATABASE_URL`. That engine is never disposed by HotClicks.", False, parse_bool),
+    _flask("use_flask_sqlalchemy", "`True`: use the engine the host app's Flask-SQLAlchemy already has (set it up first) instead of `HOTCLICKS_DATABASE_URL`. That engine is never disposed by HotClicks; on SQLite it gets HotClicks' settings (WAL, `synchronous=NORMAL`, foreign keys on, the 30 s busy timeout).", False, parse_bool),
     _flask("flask_sqlalchemy_bind", "The Flask-SQLAlchemy bind key whose engine is used (`None`: the default bind).", None, _optional),
     _flask("tracking_prefix", "Where the tracking routes are mounted when `HOTCLICKS_BASE_URL` is unset.", "/t", str),
     _flask("report_prefix", "Where the reports blueprint (pages and `/api`) is mounted.", "/hotclicks", str),

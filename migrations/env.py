@@ -9,7 +9,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from hotclicks.db import VERSION_TABLE
-from hotclicks.models import Base
+from hotclicks.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

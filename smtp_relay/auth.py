@@ -21,7 +21,7 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotclicks import store
+from hotclicks.db import admin
 from hotclicks.errors import ConfigurationError
 
 log = logging.getLogger("smtp_relay.auth")
@@ -123,7 +123,7 @@ class DatabaseAuthenticator(Authenticator):
 
     def _lookup(self, login: str) -> str | None:
         with self.sessions() as session:
-            return store.relay_password_hash(session, login)
+            return admin.relay_password_hash(session, login)
 
 
 def client_key(host: str) -> str:

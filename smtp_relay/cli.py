@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hotclicks import db, store
+from hotclicks import db
+from hotclicks.db import admin
 from hotclicks.errors import ConfigurationError
 from hotclicks.settings import RELAY, Setting
 
@@ -108,18 +109,18 @@ def run_accounts_command(database_url: str, args: argparse.Namespace) -> None:
         with db.session_factory(engine).begin() as session:
             try:
                 if args.action == "add":
-                    account = store.add_relay_account(session, args.login, hash_password(_read_password()), replace=args.replace)
+                    account = admin.add_relay_account(session, args.login, hash_password(_read_password()), replace=args.replace)
                     print(f"account {account.login!r} {'updated' if args.replace else 'added'}")
                 elif args.action == "disable":
-                    account = store.disable_relay_account(session, args.login)
+                    account = admin.disable_relay_account(session, args.login)
                     print(f"account {account.login!r} disabled since {account.disabled_at:%Y-%m-%d %H:%M:%S} UTC")
                 else:
-                    accounts = store.relay_accounts(session)
+                    accounts = admin.relay_accounts(session)
                     for account in accounts:
                         state = f"disabled {account.disabled_at:%Y-%m-%d %H:%M}" if account.disabled_at else "enabled"
                         print(f"{account.login}  created {account.created_at:%Y-%m-%d %H:%M}  {state}")
                     print(f"{len(accounts)} accounts")
-            except store.AccountError as exc:
+            except admin.AccountError as exc:
                 raise ConfigurationError(str(exc)) from None
     finally:
         engine.dispose()

@@ -17,8 +17,8 @@ from hotclicks import rewrite
 from hotclicks.errors import MimeError
 from hotclicks.executions import HEADERS, MarkError, Marks, read_marks
 from hotclicks.mime import ParsedMessage, TextPart, edit_headers, parse_message, read_headers
-from hotclicks.models import DeliveryType
-from hotclicks.store import LinkSpec
+from hotclicks.enums import DeliveryType
+from hotclicks.links import LinkSpec
 
 from .incidents import (
     INCIDENT_DKIM_KEPT,

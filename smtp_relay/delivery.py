@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import aiosmtplib
 from sqlalchemy.exc import SQLAlchemyError
 
-from hotclicks.models import MessageStatus, utcnow
+from hotclicks.db.models import MessageStatus, utcnow
 
 from .bounces import build_dsn, original_headers
 from .config import RelayConfig

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hotclicks import links
-from hotclicks.models import utcnow
+from hotclicks.db.models import utcnow
 from hotclicks.tokens import TokenSigner
 
 from .config import RelayConfig

@@ -1,13 +1,13 @@
 """The relay's database: every statement the relay runs, and the group commit of its transactions.
 
 On the hot path, lean Core statements built once, on one connection: the delivery and the
-execution come from :mod:`hotclicks.store`'s Core functions (``delivery_id``,
+execution come from :mod:`hotclicks.db.sending`'s Core functions (``delivery_id``,
 ``resolve_execution_id``); one statement reads every recipient of a transaction with their test
-profile and opt-out (what ``store.get_recipient``, ``test_profile_for`` and ``is_unsubscribed``
+profile and opt-out (what ``sending.get_recipient``, ``test_profile_for`` and ``is_unsubscribed``
 tell one at a time), one inserts the transaction's message rows, with the same rule (``INSERT ...
 ON CONFLICT DO NOTHING`` then read back, so the database's unique constraints decide who wins).
 The rare paths (a new execution's tracked URLs, a content variant's sample) stay with the ORM
-functions of :mod:`hotclicks.store`.
+functions of :mod:`hotclicks.db.sending`.
 
 Blocking code: the relay calls it from threads, never from its event loop.
 """
@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, delete, exists, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from hotclicks import db
 from hotclicks.executions import Marks, execution_for
-from hotclicks.models import (
+from hotclicks.db.models import (
     DeliveryType,
     Execution,
     Message,
@@ -42,16 +41,15 @@ from hotclicks.models import (
     TrackedUrl,
     utcnow,
 )
-from hotclicks.store import (
+from hotclicks.db.sending import (
     LAST_MESSAGE_RESOLUTION,
-    LinkSpec,
     delivery_id,
     ensure_tracked_urls,
     ensure_variant,
-    insert_ignore,
     resolve_execution_id,
-    variant_signature,
 )
+from hotclicks.db.upsert import upsert
+from hotclicks.links import LinkSpec, variant_signature
 
 from .config import RelayConfig
 from .incidents import Incident
@@ -431,14 +429,7 @@ def _add_incidents(session: Session, incidents: Iterable[Incident]) -> None:
 
 
 def _increment(session: Session, day: str, name: str, count: int) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(RelayCounter).values(day=day, name=name, value=count)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["day", "name"], set_={"value": RelayCounter.value + count}
-        )
-    )
+    upsert(session, RelayCounter.__table__, [{"day": day, "name": name, "value": count}], ["day", "name"], add=["value"])
 
 
 _RECIPIENT = Recipient.__table__
@@ -497,7 +488,7 @@ def recipient_facts(
     missing = [address for address in wanted if address not in found]
     if missing:
         now = utcnow()
-        insert_ignore(
+        upsert(
             connection,
             _RECIPIENT,
             [{"address": address, "external_id": external_id, "created_at": now} for address in missing],

@@ -96,8 +96,9 @@ def seed(database_url: str, recipients: int, links: int) -> Send:
     from hotclicks import db
     from hotclicks import links as tracking_links
     from hotclicks.executions import Marks
-    from hotclicks.models import Message, MessageStatus, Recipient, utcnow
-    from hotclicks.store import LinkSpec, ensure_tracked_urls, resolve_execution
+    from hotclicks.db.models import Message, MessageStatus, Recipient, utcnow
+    from hotclicks.db.sending import ensure_tracked_urls, resolve_execution
+    from hotclicks.links import LinkSpec
     from hotclicks.tokens import TokenSigner
 
     engine = db.create_db_engine(database_url)
@@ -142,7 +143,7 @@ def send_through_relay(database_url: str, workdir: Path, recipients: int, links:
 
     from hotclicks import db
     from hotclicks.bots import TRAP_LINK_NAME
-    from hotclicks.models import TrackedUrl
+    from hotclicks.db.models import TrackedUrl
     from hotclicks.tokens import TokenKind, TokenSigner
     from smtp_relay import RelayConfig, RelayController
 
@@ -208,7 +209,7 @@ def recorded_clicks(database_url: str) -> collections.Counter[tuple[int, int]]:
     from sqlalchemy import func, select
 
     from hotclicks import db
-    from hotclicks.models import Click
+    from hotclicks.db.models import Click
 
     engine = db.create_db_engine(database_url)
     try:
@@ -444,7 +445,7 @@ def storm(database_url: str, workdir: Path, *, recipients: int, links: int, clic
     from sqlalchemy import make_url
 
     from hotclicks import db
-    from hotclicks.journal import replay_orphans
+    from hotclicks.db.journal import replay_orphans
 
     if via_relay:
         began = time.monotonic()

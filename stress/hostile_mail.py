@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select  # noqa: E402
 
 from hotclicks import db  # noqa: E402
-from hotclicks.models import RelayIncident  # noqa: E402
+from hotclicks.db.models import RelayIncident  # noqa: E402
 from smtp_relay.incidents import INCIDENT_UNPARSED  # noqa: E402
 from stress.relay_faults import RelayProcess, migrated_sqlite, wait_delivered  # noqa: E402
 from tests.conftest import CORPUS, Upstream  # noqa: E402

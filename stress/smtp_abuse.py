@@ -47,7 +47,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from aiosmtpd.controller import Controller  # noqa: E402
 
-from hotclicks import db, store  # noqa: E402
+from hotclicks import db  # noqa: E402
+from hotclicks.db import admin  # noqa: E402
 from smtp_relay import RelayController  # noqa: E402
 from smtp_relay.auth import hash_password  # noqa: E402
 from smtp_relay.config import RelayConfig  # noqa: E402
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = db.create_db_engine(database_url)
         db.upgrade(engine)
         with db.session_factory(engine).begin() as session:
-            store.add_relay_account(session, "app", hash_password(PASSWORD))
+            admin.add_relay_account(session, "app", hash_password(PASSWORD))
         cert, key = certificate(directory)
         sink = Sink()
         upstream = Controller(sink, hostname="127.0.0.1", port=free_port())

@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hotclicks import links
 from hotclicks.executions import Marks
-from hotclicks.models import Message, MessageStatus, utcnow
-from hotclicks.store import LinkSpec, ensure_tracked_urls, get_recipient, resolve_execution
+from hotclicks.db.models import Message, MessageStatus, utcnow
+from hotclicks.db.sending import ensure_tracked_urls, get_recipient, resolve_execution
+from hotclicks.links import LinkSpec
 from hotclicks.tokens import TokenSigner
 
 from .conftest import SECRET_KEY

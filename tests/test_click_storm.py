@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from hotclicks.journal import SUFFIX, EventJournal
-from hotclicks.models import Click, utcnow
-from hotclicks.store import ClickEvent
+from hotclicks.db.journal import SUFFIX, EventJournal
+from hotclicks.db.models import Click, utcnow
+from hotclicks.db.events import ClickEvent
 
 from .flask_seed import send
 from .test_flask_durability import crash_a_worker

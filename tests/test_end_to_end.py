@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
-from hotclicks.models import Click, Message, MessageStatus, Recipient
+from hotclicks.db.models import Click, Message, MessageStatus, Recipient
 
 from .helpers import BASE_URL, NEWSLETTER_HREFS, NEWSLETTER_LINKS, TEXT_LINK, newsletter, tracked_hrefs, trap_hrefs
 

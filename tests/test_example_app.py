@@ -16,7 +16,7 @@ pytest.importorskip("flask_mailman", reason="the example app needs flask-mailman
 
 from example_app import simulate  # noqa: E402
 from example_app.demo import TEST_PROFILES, seed_and_send  # noqa: E402
-from hotclicks.models import Delivery, Execution  # noqa: E402
+from hotclicks.db.models import Delivery, Execution  # noqa: E402
 
 from .helpers import play_the_demo  # noqa: E402
 
@@ -71,7 +71,7 @@ def test_the_reports_are_behind_the_example_apps_login(shop):
 
 def test_test_profiles_of_the_seed_are_registered(shop, sessions):
     seed_and_send(shop, count=4, seed=1)
-    from hotclicks.models import TestProfile
+    from hotclicks.db.models import TestProfile
 
     with sessions() as session:
         names = set(session.scalars(select(TestProfile.name)))

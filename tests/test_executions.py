@@ -14,7 +14,7 @@ from hotclicks.executions import (
     period_of,
     read_marks,
 )
-from hotclicks.models import DeliveryType
+from hotclicks.db.models import DeliveryType
 
 T0 = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.timezone.utc)
 

@@ -10,9 +10,8 @@ from flask import Flask
 from sqlalchemy import select
 
 from flask_hotclicks import HotClicks
-from hotclicks.models import Click, Delivery, Open
-from hotclicks.reports import delivery_executions, hot_clicks_report
-from hotclicks.store import delivery_stats
+from hotclicks.db.models import Click, Delivery, Open
+from hotclicks.db.stats import delivery_executions, delivery_figures, hot_clicks_report
 
 from .conftest import SECRET_KEY
 from .flask_seed import send
@@ -137,6 +136,6 @@ def test_machine_clicks_are_left_out_of_the_figures(bot_app, sessions):
     with sessions() as session:
         delivery = session.scalars(select(Delivery)).one()
         report = hot_clicks_report(session, delivery_executions(session, delivery)[0], variants=False)
-        (stats,) = delivery_stats(session, "spring-news")
+        (stats,) = delivery_figures(session, "spring-news")
     assert [line.shown_clicks for line in report.links] == [1, 0, 0]  # and no trap link among them
-    assert (stats.clicks, stats.unique_clickers, stats.machine_clicks) == (1, 1, 1)
+    assert (stats.clicks, stats.clickers, stats.machine_clicks) == (1, 1, 1)

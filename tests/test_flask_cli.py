@@ -8,7 +8,7 @@ import json
 from sqlalchemy import select, update
 
 from hotclicks import db
-from hotclicks.models import Click, Open, TrackedUrl
+from hotclicks.db.models import Click, Open, TrackedUrl
 
 from .flask_seed import TARGETS, send
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from flask_hotclicks import HotClicks
 from hotclicks import links
-from hotclicks.models import Click, Open
+from hotclicks.db.models import Click, Open
 from hotclicks.tokens import Token, TokenKind, TokenSigner
 
 from .conftest import SECRET_KEY

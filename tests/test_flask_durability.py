@@ -19,9 +19,9 @@ from sqlalchemy import func, select
 from werkzeug.serving import make_server
 
 from flask_hotclicks import HotClicks, get_state
-from hotclicks.journal import SUFFIX, EventJournal, replay_orphans
-from hotclicks.models import Click, utcnow
-from hotclicks.store import ClickEvent
+from hotclicks.db.journal import SUFFIX, EventJournal, replay_orphans
+from hotclicks.db.models import Click, utcnow
+from hotclicks.db.events import ClickEvent
 
 from .conftest import SECRET_KEY
 from .flask_seed import TARGETS, Sent, send
@@ -131,8 +131,8 @@ def test_200_concurrent_clicks_through_the_journal(engine, database_url, session
 _CRASHING_WORKER = """
 import datetime as dt, os, sys
 from hotclicks import db
-from hotclicks.journal import EventJournal
-from hotclicks.store import ClickEvent
+from hotclicks.db.journal import EventJournal
+from hotclicks.db.events import ClickEvent
 url, directory, message_id, url_id = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 journal = EventJournal(directory, db.session_factory(db.create_db_engine(url)), interval=3600)
 start = dt.datetime.now(dt.timezone.utc)

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from flask_hotclicks import DEFAULT_CONFIG, HotClicks, Preview, get_state
 from hotclicks.errors import ConfigurationError
-from hotclicks.models import Click, TestProfile
+from hotclicks.db.models import Click, TestProfile
 
 from .conftest import SECRET_KEY
 from .flask_seed import TARGETS, send

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from hotclicks.models import Click, OptOut
-from hotclicks.store import is_unsubscribed
+from hotclicks.db.models import Click, OptOut
+from hotclicks.db.subscribers import is_unsubscribed
 
 from .flask_seed import send
 

@@ -27,7 +27,7 @@ from sqlalchemy import event, func, select
 from werkzeug.serving import make_server
 
 from flask_hotclicks import HotClicks, get_state
-from hotclicks.models import Click, TrackedUrl
+from hotclicks.db.models import Click, TrackedUrl
 from hotclicks.tokens import MAX_TOKEN_LENGTH, Token, TokenKind, TokenSigner
 
 from .conftest import SECRET_KEY
@@ -309,8 +309,9 @@ def test_a_target_with_control_characters_cannot_split_the_redirect(target, sess
     """The relay strips them from links, but a tracked URL written by other means might keep them:
     the redirect goes where a browser would take that URL, and never answers a 500."""
     from hotclicks import links
-    from hotclicks.models import Execution
-    from hotclicks.store import LinkSpec, ensure_tracked_urls
+    from hotclicks.db.models import Execution
+    from hotclicks.db.sending import ensure_tracked_urls
+    from hotclicks.links import LinkSpec
 
     hostile = "  https://shop.example/a\r\nSet-Cookie: stolen=1\r\n\tb c\x01\x7f "
     with sessions.begin() as session:

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from hotclicks import db
 from hotclicks.errors import MimeError
-from hotclicks.models import Message, MessageStatus, RelayIncident
+from hotclicks.db.models import Message, MessageStatus, RelayIncident
 from smtp_relay import RelayController
 from smtp_relay.handler import REPLY_DATABASE_UNAVAILABLE, REPLY_LOCAL_ERROR
 

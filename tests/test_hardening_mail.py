@@ -31,7 +31,7 @@ from sqlalchemy import select
 from hotclicks.errors import MimeError
 from hotclicks.executions import HEADERS, MarkError, read_marks
 from hotclicks.mime import edit_headers, read_headers, text_parts
-from hotclicks.models import RelayIncident
+from hotclicks.db.models import RelayIncident
 from hotclicks.rewrite import PIXEL_TEMPLATE, TRAP_TEMPLATE
 from smtp_relay.handler import RelaySMTP
 from smtp_relay.incidents import INCIDENT_UNPARSED

@@ -9,7 +9,7 @@ from sqlalchemy import inspect
 
 from hotclicks import db
 from hotclicks.errors import ConfigurationError
-from hotclicks.models import Base
+from hotclicks.db.models import Base
 
 
 def test_upgrade_from_empty_matches_the_models_and_downgrade_removes_everything(database_url):

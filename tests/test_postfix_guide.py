@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from hotclicks.models import Message, MessageStatus, Recipient
+from hotclicks.db.models import Message, MessageStatus, Recipient
 
 from .conftest import free_port
 from .helpers import NEWSLETTER_LINKS, newsletter, tracked_hrefs

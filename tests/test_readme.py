@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 pytest.importorskip("flask_mailman", reason="the guides use flask-mailman (pip install -e '.[example]')")
 
-from hotclicks.models import Delivery, Execution  # noqa: E402
+from hotclicks.db.models import Delivery, Execution  # noqa: E402
 
 from .conftest import SECRET_KEY  # noqa: E402
 from .helpers import BASE_URL, tracked_hrefs  # noqa: E402

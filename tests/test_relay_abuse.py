@@ -19,7 +19,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import func, select
 
-from hotclicks.models import Message
+from hotclicks.db.models import Message
 from smtp_relay import RelayController
 from smtp_relay.handler import REPLY_RELAY_DENIED, REPLY_TOO_MANY_CONNECTIONS, REPLY_TOO_MANY_FROM_CLIENT
 

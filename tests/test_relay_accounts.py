@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from hotclicks.errors import ConfigurationError
-from hotclicks.models import RelayAccount
+from hotclicks.db.models import RelayAccount
 from smtp_relay import auth as auth_module
 from smtp_relay.auth import AuthThrottle, check_password, client_key
 from smtp_relay.cli import main

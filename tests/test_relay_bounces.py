@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from hotclicks.models import Message, MessageStatus, RelayIncident
+from hotclicks.db.models import Message, MessageStatus, RelayIncident
 from smtp_relay import RelayController
 from smtp_relay.bounces import build_dsn, original_headers
 

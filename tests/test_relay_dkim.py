@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
-from hotclicks.models import Message, RelayIncident
+from hotclicks.db.models import Message, RelayIncident
 from smtp_relay import RelayController
 
 from .helpers import newsletter, tracked_hrefs

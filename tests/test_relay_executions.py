@@ -10,7 +10,7 @@ import threading
 from sqlalchemy import func, select
 
 from hotclicks import db
-from hotclicks.models import Execution, Message, TrackedUrl
+from hotclicks.db.models import Execution, Message, TrackedUrl
 from hotclicks.tokens import TokenSigner
 from smtp_relay.processing import MessageProcessor
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event, select
 
 from hotclicks import db
-from hotclicks.models import Message, Recipient
+from hotclicks.db.models import Message, Recipient
 from hotclicks.tokens import TokenSigner
 from smtp_relay import recorder, spool as spool_module
 from smtp_relay.processing import MessageProcessor

@@ -11,8 +11,8 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import select
 
-from hotclicks import reports, store
-from hotclicks.models import ContentVariant, Execution, Message, MessageStatus, ProfileCopy, Recipient, RelayCounter
+from hotclicks.db import admin, sending, stats, subscribers
+from hotclicks.db.models import ContentVariant, Execution, Message, MessageStatus, ProfileCopy, Recipient, RelayCounter
 from hotclicks.tokens import TokenKind, TokenSigner
 from smtp_relay import RelayController
 
@@ -40,7 +40,7 @@ def rows(sessions) -> dict[str, Message]:
 
 def unsubscribe(sessions, address: str) -> None:
     with sessions.begin() as session:
-        store.unsubscribe(session, store.get_recipient(session, address).id)
+        subscribers.unsubscribe(session, sending.get_recipient(session, address).id)
 
 
 def test_an_opted_out_recipient_is_not_sent_a_newsletter_and_is_logged_suppressed(relay, upstream, sessions):
@@ -89,7 +89,7 @@ def test_every_recipient_has_a_sent_row_and_links_of_their_own(relay, upstream, 
 
 def test_test_profiles_copy_is_the_sample_of_its_variant_and_each_variant_has_one(relay, upstream, sessions):
     with sessions.begin() as session:
-        store.create_profile(session, "Woman, 30", "tester@shop.example", {"gender": "f"})
+        admin.create_profile(session, "Woman, 30", "tester@shop.example", {"gender": "f"})
     send(relay, newsletter(), ["ann@example.org"])  # first sample from a real recipient
     send(relay, newsletter(), ["tester@shop.example"])  # the test profile's replaces it
     other = newsletter().replace(b"https://blog.example/spring", b"https://blog.example/summer")
@@ -105,8 +105,8 @@ def test_test_profiles_copy_is_the_sample_of_its_variant_and_each_variant_has_on
 
 def test_each_test_profile_keeps_its_own_copy_and_the_report_shows_it(relay, upstream, sessions):
     with sessions.begin() as session:
-        store.create_profile(session, "Woman, 30", "anna@shop.example", {"gender": "f"})
-        store.create_profile(session, "Man, 40", "marc@shop.example", {"gender": "m"})
+        admin.create_profile(session, "Woman, 30", "anna@shop.example", {"gender": "f"})
+        admin.create_profile(session, "Man, 40", "marc@shop.example", {"gender": "m"})
     # Same links, so the same variant; only the personalised greeting differs.
     for name, address in (("Anna", "anna@shop.example"), ("Marc", "marc@shop.example")):
         send(relay, newsletter().replace(b"Spring is here.", f"Hello {name}, spring is here.".encode())
@@ -120,10 +120,10 @@ def test_each_test_profile_keeps_its_own_copy_and_the_report_shows_it(relay, ups
         assert "Hello Marc" in copies[1].text and "/t/c/" not in copies[1].html  # the content, not links
         execution = session.scalars(select(Execution)).one()
         for name, greeting in (("Woman, 30", "Dear Anna"), ("Man, 40", "Dear Marc")):
-            shown = reports.choose_content(session, execution, store.get_profile(session, name))
+            shown = stats.choose_content(session, execution, admin.get_profile(session, name))
             assert shown.source == "test-profile" and greeting in shown.html and shown.variant.id == variant.id
     with sessions.begin() as session:  # a deleted profile takes its copies along
-        store.delete_profile(session, "Man, 40")
+        admin.delete_profile(session, "Man, 40")
     with sessions() as session:
         assert len(session.scalars(select(ProfileCopy)).all()) == 1
 
@@ -133,7 +133,7 @@ def test_samples_from_real_recipients_can_be_switched_off(engine, relay_config, 
     relay.start()
     try:
         with sessions.begin() as session:
-            store.create_profile(session, "Man, 40", "tester@shop.example")
+            admin.create_profile(session, "Man, 40", "tester@shop.example")
         send(relay, newsletter(), ["ann@example.org"])
         with sessions() as session:
             (variant,) = session.scalars(select(ContentVariant)).all()

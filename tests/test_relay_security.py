@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
 from hotclicks.errors import ConfigurationError
-from hotclicks.models import Message, MessageStatus
+from hotclicks.db.models import Message, MessageStatus
 from smtp_relay import RelayController
 from smtp_relay.auth import hash_password
 from smtp_relay.cli import main

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from hotclicks import db
-from hotclicks.models import Message, MessageStatus, RelayIncident
+from hotclicks.db.models import Message, MessageStatus, RelayIncident
 from smtp_relay.cli import main
 from smtp_relay.handler import REPLY_DATABASE_UNAVAILABLE, REPLY_SPOOL_FULL
 from smtp_relay.spool import iter_entries

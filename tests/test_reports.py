@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 import pytest
 from sqlalchemy import func, select
 
-from hotclicks import reports, store
-from hotclicks.models import (
+from flask_hotclicks import annotate
+from hotclicks import bots, heat, links
+from hotclicks.db import rollup, sending, stats, subscribers
+from hotclicks.db.events import ClickEvent, OpenEvent, record_clicks, record_opens
+from hotclicks.db.models import (
     Click,
     Delivery,
     DeliveryType,
@@ -86,14 +89,14 @@ class Seeded:
     urls: dict[tuple[int, str], int] = field(default_factory=dict)  #: (execution id, key) -> id
 
 
-def _specs(html: str, text: str) -> list[store.LinkSpec]:
+def _specs(html: str, text: str) -> list[links.LinkSpec]:
     specs = [
-        store.LinkSpec("html", link.key, link.key.rsplit("#", 1)[0], None, link.label, link.index)
+        links.LinkSpec("html", link.key, link.key.rsplit("#", 1)[0], None, link.label, link.index)
         for link in find_html_links(html)
         if link.key != UNTRACKED
     ]
     specs += [
-        store.LinkSpec("text", link.key, link.key.rsplit("#", 1)[0], None, "", link.index)
+        links.LinkSpec("text", link.key, link.key.rsplit("#", 1)[0], None, "", link.index)
         for link in find_text_links(text)
     ]
     return specs
@@ -126,10 +129,10 @@ def seed(sessions, code: str = "spring-news") -> Seeded:
             made = []
             for html, profile in variants:
                 specs = _specs(html, TEXT)
-                urls = store.ensure_tracked_urls(session, execution, specs)
+                urls = sending.ensure_tracked_urls(session, execution, specs)
                 for (part, key), url in urls.items():
                     seeded.urls[(execution.id, key if part == "html" else "text:" + key)] = url.id
-                variant = store.ensure_variant(session, execution, store.variant_signature(specs),
+                variant = sending.ensure_variant(session, execution, links.variant_signature(specs),
                                                html=html, text=TEXT, test_profile=profile)
                 made.append(variant)
             return made
@@ -151,19 +154,23 @@ def seed(sessions, code: str = "spring-news") -> Seeded:
         v2 = execution_content(latest, [(WOMEN_HTML, anna), (MEN_HTML, marc)], T0 + dt.timedelta(days=7))
         send(latest, v2, T0 + dt.timedelta(days=7))
 
+        # The seed says which clicks are machines' (a user agent the rules call a scanner's): no
+        # history rule second-guesses it. An anonymous click is one of a recipient who opted out of
+        # tracking (recipient 10, who clicks nothing else).
+        rules = bots.BotRules(delivery_seconds=0, burst_seconds=0)
+        subscribers.set_tracking_opt_out(session, recipients[10].id)
+
         def click(execution_id: int, key: str, recipient: int | None, n: int = 1, machine: bool = False,
                   at: dt.datetime | None = None) -> None:
-            for _ in range(n):
-                store.record_click(
-                    session,
-                    message_id=None if recipient is None else messages[(execution_id, recipient)],  # type: ignore[arg-type]
-                    tracked_url_id=seeded.urls[(execution_id, key)],
-                    user_agent="Mozilla/5.0",
-                    ip=None,
-                    is_machine=machine,
-                    machine_reason="test-scanner" if machine else None,
-                    at=at or T0 + dt.timedelta(days=7, hours=2),
-                )
+            event = ClickEvent(
+                message_id=messages[(execution_id, 10 if recipient is None else recipient)],
+                tracked_url_id=seeded.urls[(execution_id, key)],
+                at=at or T0 + dt.timedelta(days=7, hours=2),
+                user_agent="Mozilla/5.0",
+                ip=None,
+                request_reason="test-scanner" if machine else None,
+            )
+            assert all(record_clicks(session, [event] * n, rules))
 
         # The first execution: 1 click on the sale, 3 on the blog.
         click(first.id, "https://shop.example/sale#1", 0, at=T0 + dt.timedelta(hours=3))
@@ -179,16 +186,14 @@ def seed(sessions, code: str = "spring-news") -> Seeded:
         click(latest.id, "https://shop.example/women#1", 2)
         click(latest.id, "https://shop.example/women#1", 4, n=3)
         click(latest.id, "https://shop.example/men#1", 1, n=3)
-        for i in range(6):  # six opens by six people, one by a machine
-            store.record_open(session, message_id=messages[(latest.id, i)], user_agent=None, ip=None,
-                              at=T0 + dt.timedelta(days=7, hours=1))
-        store.record_open(session, message_id=messages[(latest.id, 7)], user_agent=None, ip=None,
-                          is_machine=True, at=T0 + dt.timedelta(days=7, hours=1))
-        store.unsubscribe(session, recipients[3].id, message_id=messages[(latest.id, 3)])
+        opened = T0 + dt.timedelta(days=7, hours=1)
+        record_opens(session, [OpenEvent(messages[(latest.id, i)], opened, None, None) for i in range(6)]
+                     + [OpenEvent(messages[(latest.id, 7)], opened, None, None, "test-scanner")])  # six people, a machine
+        subscribers.unsubscribe(session, recipients[3].id, message_id=messages[(latest.id, 3)])
     return seeded
 
 
-def _by_key(report: reports.HotClicksReport, part: str = "html") -> dict[str, reports.LinkFigure]:
+def _by_key(report: heat.HotClicksReport, part: str = "html") -> dict[str, heat.LinkFigure]:
     return report.by_key(part)
 
 
@@ -207,17 +212,17 @@ def test_hot_clicks_give_each_links_share_of_the_executions_clicks_folded_or_not
     seeded = seed(sessions)
     with sessions.begin() as session:
         if folded == "folded":
-            reports.roll_up(session, settle=0)
+            rollup.roll_up(session, settle=0)
         elif folded == "half":  # fold the first half of the clicks: the rest is the live tail
             top = session.scalar(select(func.max(Click.id)))
-            reports._fold_messages(session, 0, 10**9)
-            reports._fold_opens(session, 0, 10**9)
-            reports._fold_clicks(session, 0, top // 2)
+            rollup._fold_messages(session, 0, 10**9)
+            rollup._fold_opens(session, 0, 10**9)
+            rollup._fold_clicks(session, 0, top // 2)
             for name, mark in (("message", 10**9), ("open", 10**9), ("click", top // 2)):
                 session.add(RollupState(name=name, watermark=mark))
     with sessions() as session:
         latest = session.get(Execution, seeded.latest)
-        report = reports.hot_clicks_report(session, latest)
+        report = stats.hot_clicks_report(session, latest)
         figures = _by_key(report)
         assert report.total_clicks == 20
         assert {k: figures[k].percent for k in LATEST_PERCENT} == LATEST_PERCENT
@@ -236,11 +241,11 @@ def test_machine_clicks_are_left_out_unless_asked_and_unique_clickers_are_a_meas
     seeded = seed(sessions)
     with sessions() as session:
         latest = session.get(Execution, seeded.latest)
-        with_machines = reports.hot_clicks_report(session, latest, include_machine=True)
+        with_machines = stats.hot_clicks_report(session, latest, include_machine=True)
         assert with_machines.total_clicks == 24
         assert _by_key(with_machines)["https://blog.example/spring#1"].shown_clicks == 8
         assert _by_key(with_machines)["https://blog.example/spring#1"].percent == pytest.approx(33.33)
-        unique = reports.hot_clicks_report(session, latest, measure="unique")
+        unique = stats.hot_clicks_report(session, latest, measure="unique")
         # clickers: sale#1 2, sale#2 1, blog 1, women 3, men 1 -> 8
         assert unique.total_unique == 8
         assert _by_key(unique)["https://shop.example/women#1"].percent == 37.5
@@ -249,7 +254,7 @@ def test_machine_clicks_are_left_out_unless_asked_and_unique_clickers_are_a_meas
 def test_percentages_are_never_summed_across_executions(sessions):
     seeded = seed(sessions)
     with sessions() as session:
-        first = reports.hot_clicks_report(session, session.get(Execution, seeded.first))
+        first = stats.hot_clicks_report(session, session.get(Execution, seeded.first))
         assert first.total_clicks == 4
         assert {k: f.percent for k, f in _by_key(first).items() if f.shown_clicks} == FIRST_PERCENT
 
@@ -258,18 +263,18 @@ def test_rolling_up_waits_for_the_settle_delay_and_then_folds_exactly_once(sessi
     seed(sessions)
     now = T0 + dt.timedelta(days=30)
     with sessions.begin() as session:
-        assert reports.needs_roll_up(session, now=now)
-        assert reports.roll_up(session, now=now) == {"message": 0, "click": 0, "open": 0}  # noted only
+        assert rollup.needs_roll_up(session, now=now)
+        assert rollup.roll_up(session, now=now) == {"message": 0, "click": 0, "open": 0}  # noted only
     with sessions.begin() as session:
-        assert reports.roll_up(session, now=now + dt.timedelta(seconds=10)) == {"message": 0, "click": 0, "open": 0}
+        assert rollup.roll_up(session, now=now + dt.timedelta(seconds=10)) == {"message": 0, "click": 0, "open": 0}
     with sessions.begin() as session:
-        folded = reports.roll_up(session, now=now + dt.timedelta(seconds=61))
+        folded = rollup.roll_up(session, now=now + dt.timedelta(seconds=61))
         assert folded["click"] == session.scalar(select(func.count(Click.id)))
-        assert not reports.needs_roll_up(session, now=now + dt.timedelta(seconds=61))
+        assert not rollup.needs_roll_up(session, now=now + dt.timedelta(seconds=61))
     with sessions.begin() as session:  # nothing new: nothing folded twice
-        assert reports.roll_up(session, now=now + dt.timedelta(seconds=200)) == {"message": 0, "click": 0, "open": 0}
-        stats = reports.execution_figures(session, [session.scalars(select(Execution).where(Execution.key == "v2")).one()])
-        (latest,) = stats.values()
+        assert rollup.roll_up(session, now=now + dt.timedelta(seconds=200)) == {"message": 0, "click": 0, "open": 0}
+        figures = stats.execution_figures(session, [session.scalars(select(Execution).where(Execution.key == "v2")).one()])
+        (latest,) = figures.values()
         assert (latest.clicks, latest.machine_clicks, latest.clickers) == (20, 4, 5)
 
 
@@ -278,9 +283,9 @@ def test_execution_figures_count_sends_opens_clickers_reactivity_and_opt_outs(se
     for fold in (False, True):
         with sessions.begin() as session:
             if fold:
-                reports.roll_up(session, settle=0)
+                rollup.roll_up(session, settle=0)
             latest = session.get(Execution, seeded.latest)
-            f = reports.execution_figures(session, [latest])[latest.id]
+            f = stats.execution_figures(session, [latest])[latest.id]
             assert (f.sent, f.delivered, f.failed) == (13, 12, 1)
             assert (f.opens, f.openers) == (6, 6)
             # r0 to r4 clicked (r5 only through a scanner; the opted-out one anonymously)
@@ -293,7 +298,7 @@ def test_execution_figures_count_sends_opens_clickers_reactivity_and_opt_outs(se
 def test_variant_shares_of_recipients_and_clicks(sessions):
     seeded = seed(sessions)
     with sessions() as session:
-        report = reports.hot_clicks_report(session, session.get(Execution, seeded.latest))
+        report = stats.hot_clicks_report(session, session.get(Execution, seeded.latest))
         shares = {v.profile_name: (v.recipients, v.recipients_percent, v.clicks) for v in report.variants}
         # women: even recipients r0 r2 .. r12 (7 incl. the opted-out one), men: odd ones (6)
         assert shares["Anna (woman, 30)"][:2] == (7, 53.85)
@@ -307,13 +312,13 @@ def test_variant_shares_of_recipients_and_clicks(sessions):
 def test_badges_match_links_by_key_and_say_not_tracked_for_a_link_without_tracked_url(sessions):
     seeded = seed(sessions)
     with sessions() as session:
-        report = reports.hot_clicks_report(session, session.get(Execution, seeded.latest))
-        html, badges = reports.annotate_html(WOMEN_HTML, report.by_key("html"))
+        report = stats.hot_clicks_report(session, session.get(Execution, seeded.latest))
+        html, badges = annotate.annotate_html(WOMEN_HTML, report.by_key("html"))
         assert [b.text("clicks") for b in badges] == ["30%", "25%", "20%", "not tracked", "10%"]
         assert "https://shop.example/hero.png" not in html.replace('data-hc-src="https://shop.example/hero.png"', "")
-        shown, _ = reports.annotate_html(MEN_HTML, report.by_key("html"))
+        shown, _ = annotate.annotate_html(MEN_HTML, report.by_key("html"))
         assert "<script" not in shown and "onerror" not in shown and "javascript:" not in shown
-        pieces = reports.annotate_text(TEXT, report.by_key("text"))
+        pieces = annotate.annotate_text(TEXT, report.by_key("text"))
         assert [p.badge.text("clicks") for p in pieces if p.badge] == ["0%", "0%"]
 
 
@@ -322,12 +327,12 @@ def test_content_comes_from_the_preview_else_the_profiles_copy_else_a_sample(ses
     with sessions() as session:
         latest = session.get(Execution, seeded.latest)
         marc = session.get(TestProfile, seeded.marc)
-        assert reports.choose_content(session, latest, None, ("<p>hi</p>", None)).source == "preview"
-        mine = reports.choose_content(session, latest, marc)
+        assert stats.choose_content(session, latest, None, ("<p>hi</p>", None)).source == "preview"
+        mine = stats.choose_content(session, latest, marc)
         assert mine.source == "test-profile" and "shop.example/men" in (mine.html or "")
-        default = reports.choose_content(session, latest, None)
+        default = stats.choose_content(session, latest, None)
         assert default.source == "variant-sample"
         stranger = TestProfile(name="Zoe", address="zoe@test.example", attributes={})
         session.add(stranger)
         session.flush()
-        assert reports.choose_content(session, latest, stranger).source == "none"
+        assert stats.choose_content(session, latest, stranger).source == "none"

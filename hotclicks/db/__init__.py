@@ -1,8 +1,15 @@
-"""Connecting to the shared database and migrating it.
+"""The shared database: connecting to it and migrating it (here), and one module per aggregate.
+
+``models`` is the schema; ``sending`` (deliveries, executions, tracked URLs, variants,
+recipients), ``events`` (clicks and opens), ``journal`` (clicks written ahead to a file),
+``subscribers`` (opt-outs), ``admin`` (test profiles, relay accounts, retention), ``rollup`` (the
+reports' aggregates) and ``stats`` (every report query) read and write it; ``upsert`` is how rows
+that concurrent writers may create are written.
 
 Both halves (relay and Flask extension) call these, so SQLite gets the same settings everywhere:
 WAL so readers never block the writer, a busy timeout so concurrent writers wait instead of
-failing with "database is locked", and foreign keys on.
+failing with "database is locked", and foreign keys on (:func:`sqlite_pragmas` goes on a host
+app's Flask-SQLAlchemy engine too).
 """
 
 from __future__ import annotations
@@ -15,12 +22,25 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
+from ..settings import DEFAULT_DATABASE_URL
+
+__all__ = [
+    "BRANCH_LABEL",
+    "DEFAULT_DATABASE_URL",
+    "SQLITE_BUSY_TIMEOUT",
+    "VERSION_TABLE",
+    "check_migrated",
+    "create_db_engine",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "session_factory",
+    "sqlite_pragmas",
+    "upgrade",
+]
 
 log = logging.getLogger("hotclicks.db")
-
-#: Where a database is created when nothing is configured: a file in the working directory.
-DEFAULT_DATABASE_URL = "sqlite:///hotclicks.sqlite3"
 
 #: How long an SQLite writer waits for the lock before giving up, in seconds.
 SQLITE_BUSY_TIMEOUT = 30
@@ -31,8 +51,12 @@ BRANCH_LABEL = "hotclicks"
 VERSION_TABLE = "hotclicks_alembic_version"
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+def sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    """Set HotClicks' SQLite settings on a new connection: WAL, ``synchronous=NORMAL`` (safe with
+    WAL), foreign keys, and the busy timeout. A ``connect`` event listener, for our own engines and
+    for a host app's Flask-SQLAlchemy engine alike."""
     cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -59,7 +83,7 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args=connect_args, **kwargs)
-        event.listen(engine, "connect", _set_sqlite_pragmas)
+        event.listen(engine, "connect", sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     try:

@@ -40,10 +40,10 @@ from typing import Any
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import bots
-from .store import ClickEvent, OpenEvent, click_exists, open_exists, record_clicks, record_opens
+from .. import bots
+from .events import ClickEvent, OpenEvent, click_exists, open_exists, record_clicks, record_opens
 
-log = logging.getLogger("hotclicks.journal")
+log = logging.getLogger("hotclicks.db.journal")
 
 #: Journal files end with this; a file being created has another name until it is locked.
 SUFFIX = ".jnl"

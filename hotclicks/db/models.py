@@ -30,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from ..enums import DeliveryType, MessageStatus
+
 #: Constraint names Alembic can rely on, the same on every database (Alembic's naming.rst).
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -80,24 +82,6 @@ class Base(DeclarativeBase):
         dt.datetime: UTCDateTime(),
         dict[str, Any]: JSON(),
     }
-
-
-class DeliveryType(str, enum.Enum):
-    """How a delivery is cut into executions (PRODUCT.md, "Words")."""
-
-    ONE_OFF = "one-off"
-    RECURRING = "recurring"
-    TRANSACTIONAL = "transactional"
-
-
-class MessageStatus(str, enum.Enum):
-    """Where one recipient's copy stands: the broad log's status column."""
-
-    QUEUED = "queued"
-    SENT = "sent"
-    DEFERRED = "deferred"
-    FAILED = "failed"
-    SUPPRESSED = "suppressed"
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -363,9 +347,9 @@ class RelayCounter(Base):
 # -- report aggregates ---------------------------------------------------------------------------
 #
 # The reports read these instead of counting raw clicks, so that their cost grows with the number
-# of links, not of clicks. They are brought up to date by ``hotclicks.reports.roll_up`` from a
+# of links, not of clicks. They are brought up to date by ``hotclicks.db.rollup.roll_up`` from a
 # watermark (the last click, open and message id folded in); the click path stays a single insert.
-# See ``hotclicks/reports.py`` for how rows that commit out of id order are waited for.
+# See ``hotclicks/db/rollup.py`` for how rows that commit out of id order are waited for.
 
 
 class RollupState(Base):

@@ -1,0 +1,378 @@
+"""Rolling up: the reports' aggregates, kept from a watermark, and the tail above it.
+
+No Flask here: the report views, the CLIs and the benchmark call these plain functions;
+:mod:`hotclicks.db.stats` reads the aggregates and the tail.
+
+How the figures stay cheap at any size
+--------------------------------------
+The click path stays one lean insert. The aggregates (``LinkStats``, ``LinkClicker``,
+``MessageStats``, ``ExecutionStats``, ``VariantStats``, ``ClickBucket``) are brought up to date by
+:func:`roll_up`, which folds the clicks, opens and messages whose id is above a watermark, with a
+handful of set-based statements. A report then reads the aggregates of its execution's links
+*plus* the rows above the watermark (the "tail"), counted live through the primary key. So a
+report's cost grows with the number of links and the size of the tail, never with the clicks
+already folded.
+
+Which rows may be folded: a row whose id is below the watermark must never appear afterwards.
+On PostgreSQL, ids come from a sequence and transactions commit in any order, so a click with id
+100 can become visible after one with id 101. :func:`roll_up` therefore never folds up to the
+current largest id: it notes that id (``pending_upto``) and the time, and folds up to it only
+once ``settle`` seconds have passed, when every transaction that took a smaller id has ended (a
+click's transaction is one insert). The same delay covers the bot rules, which may mark a click
+as a machine's a few seconds after it was recorded (``bots.BotRules.trap_seconds``): ``settle``
+must exceed that window. :data:`SETTLE_SECONDS` is comfortably larger than both. A click replayed
+from a journal long after its time, whose burst marking changes older clicks already folded, is
+the one case where aggregates can drift; :func:`rebuild` starts them again from zero.
+
+Rows deleted by a retention purge stay counted in the aggregates: the reports keep their figures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import BigInteger, bindparam, delete, select, text
+from sqlalchemy.orm import Session
+
+from .models import (
+    ClickBucket,
+    ExecutionStats,
+    LinkClicker,
+    LinkStats,
+    MessageStats,
+    RollupState,
+    TrackedUrl,
+    VariantStats,
+    utcnow,
+)
+from .upsert import upsert
+
+__all__ = ["BATCH_ROWS", "SETTLE_SECONDS", "needs_roll_up", "rebuild", "roll_up"]
+
+#: Seconds a row must have been visible before it is folded (see the module's docstring).
+SETTLE_SECONDS = 60.0
+
+#: Most rows of one source folded by one statement set (a large backlog is folded in steps).
+BATCH_ROWS = 500_000
+
+_SOURCES = ("message", "click", "open")
+_TABLES = {"message": "hotclicks_message", "click": "hotclicks_click", "open": "hotclicks_open"}
+_HUMAN = "SUM(CASE WHEN is_machine THEN 0 ELSE 1 END)"
+_MACHINE = "SUM(CASE WHEN is_machine THEN 1 ELSE 0 END)"
+
+
+# -- rolling up ----------------------------------------------------------------------------------
+
+
+def ints(result: Iterable[Any]) -> list[tuple[Any, ...]]:
+    """Rows with PostgreSQL's numeric sums (Decimal) made ints again."""
+    return [tuple(int(v) if isinstance(v, Decimal) else v for v in row) for row in result]
+
+
+def hour_expression(dialect: str) -> str:
+    if dialect == "postgresql":
+        return "CAST(FLOOR(EXTRACT(EPOCH FROM clicked_at) / 3600) AS BIGINT)"
+    return "CAST(strftime('%s', clicked_at) AS INTEGER) / 3600"
+
+
+def _fold_messages(session: Session, lo: int, hi: int) -> None:
+    rows = ints(session.execute(
+        text(
+            "SELECT execution_id, variant_id, COUNT(*) FROM hotclicks_message "
+            "WHERE id > :lo AND id <= :hi GROUP BY execution_id, variant_id"
+        ),
+        {"lo": lo, "hi": hi},
+    ).all())
+    per_execution: dict[int, int] = {}
+    variants = []
+    for execution_id, variant_id, count in rows:
+        per_execution[execution_id] = per_execution.get(execution_id, 0) + count
+        if variant_id is not None:
+            variants.append({"variant_id": variant_id, "execution_id": execution_id, "messages": count,
+                             "clicks": 0, "machine_clicks": 0})
+    upsert(session, ExecutionStats.__table__, [_execution_row(e, messages=n) for e, n in per_execution.items()],
+           ["execution_id"], add=["messages"])
+    upsert(session, VariantStats.__table__, variants, ["variant_id"], add=["messages"])
+
+
+def _execution_row(execution_id: int, **values: int) -> dict[str, Any]:
+    row = {"execution_id": execution_id}
+    for column in ("messages", "clicks", "machine_clicks", "clickers", "all_clickers", "opens",
+                   "machine_opens", "openers", "all_openers"):
+        row[column] = values.get(column, 0)
+    return row
+
+
+_EXECUTION_COUNTERS = ["messages", "clicks", "machine_clicks", "clickers", "all_clickers", "opens",
+                       "machine_opens", "openers", "all_openers"]
+
+
+def _fold_clicks(session: Session, lo: int, hi: int) -> None:
+    """Fold the clicks with ``lo < id <= hi`` into every aggregate.
+
+    Long on purpose: which (link, message) and message pairs are new must be read before the
+    same batch updates ``LinkClicker`` and ``MessageStats``, so the order of these statements is
+    the logic, and it reads best in one place.
+    """
+    span = {"lo": lo, "hi": hi}
+    where = "WHERE id > :lo AND id <= :hi"
+    # What the batch adds to each link, and how many (link, message) pairs it makes new.
+    links = ints(session.execute(
+        text(
+            f"WITH b AS (SELECT tracked_url_id AS u, message_id AS m, {_HUMAN} AS h, {_MACHINE} AS x "
+            f"FROM hotclicks_click {where} GROUP BY tracked_url_id, message_id) "
+            "SELECT b.u, t.execution_id, SUM(b.h), SUM(b.x), "
+            "SUM(CASE WHEN b.m IS NOT NULL AND b.h > 0 AND COALESCE(lc.clicks, 0) = 0 THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN b.m IS NOT NULL AND lc.tracked_url_id IS NULL THEN 1 ELSE 0 END) "
+            "FROM b JOIN hotclicks_tracked_url t ON t.id = b.u "
+            "LEFT JOIN hotclicks_link_clicker lc ON lc.tracked_url_id = b.u AND lc.message_id = b.m "
+            "GROUP BY b.u, t.execution_id"
+        ),
+        span,
+    ).all())
+    # What it adds to each message, hence to its execution's clickers and its variant's clicks.
+    messages = ints(session.execute(
+        text(
+            f"WITH b AS (SELECT message_id AS m, {_HUMAN} AS h, {_MACHINE} AS x "
+            f"FROM hotclicks_click {where} AND message_id IS NOT NULL GROUP BY message_id) "
+            "SELECT g.execution_id, g.variant_id, SUM(b.h), SUM(b.x), "
+            "SUM(CASE WHEN b.h > 0 AND COALESCE(s.clicks, 0) = 0 THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN COALESCE(s.clicks, 0) + COALESCE(s.machine_clicks, 0) = 0 THEN 1 ELSE 0 END) "
+            "FROM b JOIN hotclicks_message g ON g.id = b.m "
+            "LEFT JOIN hotclicks_message_stats s ON s.message_id = b.m "
+            "GROUP BY g.execution_id, g.variant_id"
+        ),
+        span,
+    ).all())
+    on_conflict = "ON CONFLICT ({keys}) DO UPDATE SET {sets}"
+    session.execute(
+        text(
+            "INSERT INTO hotclicks_link_clicker (tracked_url_id, message_id, clicks, machine_clicks) "
+            f"SELECT tracked_url_id, message_id, {_HUMAN}, {_MACHINE} FROM hotclicks_click {where} "
+            "AND message_id IS NOT NULL GROUP BY tracked_url_id, message_id "
+            + on_conflict.format(
+                keys="tracked_url_id, message_id",
+                sets="clicks = hotclicks_link_clicker.clicks + excluded.clicks, "
+                "machine_clicks = hotclicks_link_clicker.machine_clicks + excluded.machine_clicks",
+            )
+        ),
+        span,
+    )
+    session.execute(
+        text(
+            "INSERT INTO hotclicks_message_stats "
+            "(message_id, execution_id, clicks, machine_clicks, opens, machine_opens) "
+            "SELECT c.message_id, g.execution_id, SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END), "
+            "SUM(CASE WHEN c.is_machine THEN 1 ELSE 0 END), 0, 0 "
+            "FROM hotclicks_click c JOIN hotclicks_message g ON g.id = c.message_id "
+            "WHERE c.id > :lo AND c.id <= :hi GROUP BY c.message_id, g.execution_id "
+            + on_conflict.format(
+                keys="message_id",
+                sets="clicks = hotclicks_message_stats.clicks + excluded.clicks, "
+                "machine_clicks = hotclicks_message_stats.machine_clicks + excluded.machine_clicks",
+            )
+        ),
+        span,
+    )
+    hour = hour_expression(session.get_bind().dialect.name)
+    session.execute(
+        text(
+            "INSERT INTO hotclicks_click_bucket (tracked_url_id, hour, clicks, machine_clicks) "
+            f"SELECT tracked_url_id, {hour}, {_HUMAN}, {_MACHINE} FROM hotclicks_click {where} "
+            f"GROUP BY tracked_url_id, {hour} "
+            + on_conflict.format(
+                keys="tracked_url_id, hour",
+                sets="clicks = hotclicks_click_bucket.clicks + excluded.clicks, "
+                "machine_clicks = hotclicks_click_bucket.machine_clicks + excluded.machine_clicks",
+            )
+        ),
+        span,
+    )
+    upsert(
+        session,
+        LinkStats.__table__,
+        [
+            {"tracked_url_id": u, "execution_id": e, "clicks": h, "machine_clicks": x,
+             "clickers": nh, "all_clickers": na}
+            for u, e, h, x, nh, na in links
+        ],
+        ["tracked_url_id"],
+        add=["clicks", "machine_clicks", "clickers", "all_clickers"],
+    )
+    executions: dict[int, dict[str, int]] = {}
+    for _, e, h, x, _, _ in links:
+        row = executions.setdefault(e, {"clicks": 0, "machine_clicks": 0, "clickers": 0, "all_clickers": 0})
+        row["clicks"] += h
+        row["machine_clicks"] += x
+    variants = []
+    for e, v, h, x, nh, na in messages:
+        row = executions.setdefault(e, {"clicks": 0, "machine_clicks": 0, "clickers": 0, "all_clickers": 0})
+        row["clickers"] += nh
+        row["all_clickers"] += na
+        if v is not None:
+            variants.append({"variant_id": v, "execution_id": e, "messages": 0, "clicks": h, "machine_clicks": x})
+    upsert(session, ExecutionStats.__table__, [_execution_row(e, **values) for e, values in executions.items()],
+           ["execution_id"], add=_EXECUTION_COUNTERS)
+    upsert(session, VariantStats.__table__, variants, ["variant_id"], add=["clicks", "machine_clicks"])
+
+
+def _fold_opens(session: Session, lo: int, hi: int) -> None:
+    span = {"lo": lo, "hi": hi}
+    rows = ints(session.execute(
+        text(
+            f"WITH b AS (SELECT message_id AS m, {_HUMAN} AS h, {_MACHINE} AS x FROM hotclicks_open "
+            "WHERE id > :lo AND id <= :hi GROUP BY message_id) "
+            "SELECT g.execution_id, SUM(b.h), SUM(b.x), "
+            "SUM(CASE WHEN b.h > 0 AND COALESCE(s.opens, 0) = 0 THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN COALESCE(s.opens, 0) + COALESCE(s.machine_opens, 0) = 0 THEN 1 ELSE 0 END) "
+            "FROM b JOIN hotclicks_message g ON g.id = b.m "
+            "LEFT JOIN hotclicks_message_stats s ON s.message_id = b.m GROUP BY g.execution_id"
+        ),
+        span,
+    ).all())
+    session.execute(
+        text(
+            "INSERT INTO hotclicks_message_stats "
+            "(message_id, execution_id, clicks, machine_clicks, opens, machine_opens) "
+            "SELECT o.message_id, g.execution_id, 0, 0, SUM(CASE WHEN o.is_machine THEN 0 ELSE 1 END), "
+            "SUM(CASE WHEN o.is_machine THEN 1 ELSE 0 END) "
+            "FROM hotclicks_open o JOIN hotclicks_message g ON g.id = o.message_id "
+            "WHERE o.id > :lo AND o.id <= :hi GROUP BY o.message_id, g.execution_id "
+            "ON CONFLICT (message_id) DO UPDATE SET opens = hotclicks_message_stats.opens + excluded.opens, "
+            "machine_opens = hotclicks_message_stats.machine_opens + excluded.machine_opens"
+        ),
+        span,
+    )
+    upsert(
+        session,
+        ExecutionStats.__table__,
+        [_execution_row(e, opens=h, machine_opens=x, openers=nh, all_openers=na) for e, h, x, nh, na in rows],
+        ["execution_id"],
+        add=_EXECUTION_COUNTERS,
+    )
+
+
+_FOLD = {"message": _fold_messages, "click": _fold_clicks, "open": _fold_opens}
+
+
+def watermarks(session: Session) -> dict[str, int]:
+    """The watermarks, read once per session (a report reads them for each of its figures)."""
+    cached = session.info.get("hotclicks_watermarks")
+    if cached is None:
+        found = {name: mark for name, mark in session.execute(select(RollupState.name, RollupState.watermark))}
+        cached = session.info["hotclicks_watermarks"] = {name: int(found.get(name, 0)) for name in _SOURCES}
+    return dict(cached)
+
+
+def roll_up(
+    session: Session, *, settle: float = SETTLE_SECONDS, now: dt.datetime | None = None, batch: int = BATCH_ROWS
+) -> dict[str, int]:
+    """Fold the settled clicks, opens and messages into the aggregates; how many of each.
+
+    Safe to call from several processes at once: each source's state row is locked (an UPDATE)
+    before it is read, so one caller folds and the others find nothing left. The caller commits.
+    ``settle=0`` folds everything visible at once: for a single writer (benchmarks, tests).
+    """
+    now = now or utcnow()
+    session.info.pop("hotclicks_watermarks", None)
+    session.info.pop("hotclicks_urls", None)
+    folded = {}
+    for name in _SOURCES:
+        table = _TABLES[name]
+        locked = session.execute(
+            text("UPDATE hotclicks_rollup_state SET name = name WHERE name = :n"), {"n": name}
+        ).rowcount
+        if not locked:
+            upsert(session, RollupState.__table__, [{"name": name, "watermark": 0}], ["name"])
+            session.execute(text("UPDATE hotclicks_rollup_state SET name = name WHERE name = :n"), {"n": name})
+        state = session.get(RollupState, name, populate_existing=True)
+        assert state is not None
+        top = session.scalar(text(f"SELECT MAX(id) FROM {table}")) or 0
+        upto: int | None = None
+        if settle <= 0:
+            upto = top
+        elif state.pending_upto is not None and state.pending_at is not None and (
+            now - state.pending_at
+        ).total_seconds() >= settle:
+            upto = state.pending_upto
+        start = state.watermark
+        if upto is not None and upto > start:
+            lo = start
+            while lo < upto:
+                hi = min(upto, lo + batch)
+                _FOLD[name](session, lo, hi)
+                lo = hi
+            state.watermark = upto
+        if upto is not None or state.pending_upto is None:
+            state.pending_upto, state.pending_at = (top, now) if top > state.watermark else (None, None)
+        state.updated_at = now
+        folded[name] = state.watermark - start
+    session.flush()
+    return folded
+
+
+def needs_roll_up(session: Session, *, settle: float = SETTLE_SECONDS, now: dt.datetime | None = None) -> bool:
+    """Whether :func:`roll_up` has anything to do (read-only, cheap: a report asks it first)."""
+    now = now or utcnow()
+    states = {s.name: s for s in session.scalars(select(RollupState))}
+    for name in _SOURCES:
+        state = states.get(name)
+        watermark = state.watermark if state else 0
+        if state is not None and state.pending_upto is not None:
+            if state.pending_at is None or (now - state.pending_at).total_seconds() >= settle:
+                return True
+            continue
+        top = session.scalar(text(f"SELECT MAX(id) FROM {_TABLES[name]}")) or 0
+        if top > watermark:
+            return True
+    return False
+
+
+def rebuild(session: Session) -> None:
+    """Forget every aggregate: the next :func:`roll_up` folds all rows again from the start."""
+    session.info.pop("hotclicks_watermarks", None)
+    for model in (ClickBucket, LinkClicker, LinkStats, VariantStats, MessageStats, ExecutionStats, RollupState):
+        session.execute(delete(model))
+
+
+# -- reading the tail ----------------------------------------------------------------------------
+
+
+def tail_text(sql: str) -> Any:
+    """A statement over the rows above a watermark ``:w``, with the watermark written in the SQL.
+
+    A prepared statement's generic plan would guess that ``id > $1`` keeps a third of the table
+    and scan it all; with the value in the text, the planner sees how few rows the tail holds.
+    """
+    return text(sql).bindparams(bindparam("w", type_=BigInteger(), literal_execute=True))
+
+
+def url_executions(session: Session, execution_ids: Iterable[int]) -> dict[int, int]:
+    """The execution of each tracked URL of ``execution_ids`` (read once per session)."""
+    wanted = tuple(sorted(execution_ids))
+    cache = session.info.setdefault("hotclicks_url_executions", {})
+    found = cache.get(wanted)
+    if found is None:
+        found = cache[wanted] = {
+            u: e for u, e in session.execute(
+                select(TrackedUrl.id, TrackedUrl.execution_id).where(TrackedUrl.execution_id.in_(wanted))
+            )
+        }
+    return found
+
+
+def in_urls(session: Session, execution_ids: Iterable[int]) -> str:
+    """``+c.tracked_url_id IN (...)`` for the tracked URLs of ``execution_ids``.
+
+    The tail is read through the primary key (``c.id > watermark``): the unary ``+`` keeps the
+    planner from walking every click of the links through the (tracked_url_id, message_id) index.
+    """
+    wanted = tuple(sorted(execution_ids))
+    cache = session.info.setdefault("hotclicks_urls", {})
+    ids = cache.get(wanted)
+    if ids is None:
+        ids = cache[wanted] = list(session.scalars(select(TrackedUrl.id).where(TrackedUrl.execution_id.in_(wanted))))
+    return f"+c.tracked_url_id IN ({', '.join(str(int(i)) for i in ids) or 'NULL'})"
