@@ -216,5 +216,7 @@ def test_a_newsletter_sent_through_the_relay_shows_its_badges(relay, upstream, c
     page.goto(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks")
     assert _badges(page) == ["75%", "0%", "25%"]
     page.locator("#view-text").click()
+    page.wait_for_url("**view=text**")
+    page.wait_for_load_state("load")  # the badges' style sheet too: until then the tooltip shows
     assert [b.split("\n")[0] for b in page.locator("#hc-text .hc-badge").all_inner_texts()] == ["0%"]
     assert page.errors == []  # type: ignore[attr-defined]

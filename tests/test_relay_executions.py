@@ -195,7 +195,7 @@ def test_concurrent_first_messages_of_an_execution_create_it_once(relay_config, 
             per_execution = session.execute(
                 select(TrackedUrl.execution_id, func.count()).group_by(TrackedUrl.execution_id)
             ).all()
-            assert [count for _, count in per_execution] == [4] * 8  # 3 HTML links + 1 text link
+            assert [count for _, count in per_execution] == [5] * 8  # 3 HTML links + 1 text link + the trap link
             assert session.scalar(select(func.count()).select_from(Message)) == 16
     finally:
         for e in engines:
