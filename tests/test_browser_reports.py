@@ -151,6 +151,7 @@ def test_loading_a_profile_changes_the_content_and_keeps_the_percentages_base(li
     _shot(page, "hot-clicks-html-profile.png")
     page.locator("#view-text").click()
     expect(page.locator("#hc-text")).to_contain_text("Spring is here")
+    page.wait_for_load_state("load")
     assert [b.split("\n")[0] for b in page.locator("#hc-text .hc-badge").all_inner_texts()] == ["0%", "0%"]
     _shot(page, "hot-clicks-text-profile.png")
     page.locator("#profile a", has_text="unload").click()
