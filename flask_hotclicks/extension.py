@@ -129,6 +129,10 @@ def _rules(config: dict[str, Any]) -> BotRules:
         burst_seconds=float(config["HOTCLICKS_BOT_BURST_SECONDS"]),
         burst_links=int(config["HOTCLICKS_BOT_BURST_LINKS"]),
         trap_seconds=float(config["HOTCLICKS_BOT_TRAP_SECONDS"]),
+        sweep_seconds=float(config["HOTCLICKS_BOT_SWEEP_SECONDS"]),
+        sweep_links=int(config["HOTCLICKS_BOT_SWEEP_LINKS"]),
+        all_links_seconds=float(config["HOTCLICKS_BOT_ALL_LINKS_SECONDS"]),
+        all_links_min=int(config["HOTCLICKS_BOT_ALL_LINKS_MIN"]),
         extra_agents=tuple(config["HOTCLICKS_BOT_USER_AGENTS"] or ()),
         apple_mpp_opens=bool(config["HOTCLICKS_BOT_APPLE_MPP_OPENS"]),
     )

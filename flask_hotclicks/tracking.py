@@ -118,6 +118,13 @@ def _location(target: str) -> str:
 _anonymize_ip = functools.lru_cache(maxsize=8192)(anonymize_ip)
 
 
+def _network(state: HotClicksState) -> tuple[str | None, str | None]:
+    """The named network list the client's full address is in, and its kind: read before the
+    address is truncated for storage, and only the list's name is kept."""
+    found = state.networks.match(request.remote_addr) if request.remote_addr else None
+    return (found.name, found.kind) if found is not None else (None, None)
+
+
 def _client(state: HotClicksState) -> tuple[str | None, str | None]:
     """The user agent and address to store, as the privacy settings allow."""
     user_agent = request.headers.get("User-Agent") or None if state.store_user_agent else None
@@ -153,6 +160,7 @@ def click(token: str) -> Any:
             ip,
             bots.request_reason("GET", request.headers, agent, state.rules),
             is_trap,
+            *_network(state),
         )
         if state.journal is not None:
             state.journal.append(event)
@@ -180,12 +188,13 @@ def open_pixel(token: str) -> Any:
             user_agent,
             ip,
             bots.request_reason("GET", request.headers, agent, state.rules, is_open=True),
+            *_network(state),
         )
         if state.journal is not None:
             state.journal.append(event)
         else:
             with state.engine.begin() as connection:
-                record_opens(connection, [event])  # type: ignore[arg-type]
+                record_opens(connection, [event], state.rules)  # type: ignore[arg-type]
     # The image is answered either way: a broken image in a mail client helps nobody.
     return Response(PIXEL_GIF, mimetype="image/gif", headers=_NO_CACHE)
 

@@ -17,8 +17,7 @@ Three kinds of rule:
 - **fleet rules** (:func:`fleet_keys`) look across messages: one client clicking many recipients'
   messages just after their delivery.
 
-Nothing here does I/O or reads settings: :class:`BotRules` carries them. :func:`classify_click`
-and :func:`classify_open` are the one-click-at-a-time judges of before, kept for their callers.
+Nothing here does I/O or reads settings: :class:`BotRules` carries them.
 """
 
 from __future__ import annotations
@@ -39,16 +38,13 @@ __all__ = [
     "ClickFact",
     "FleetRow",
     "OpenFact",
-    "RecentClick",
     "Verdict",
-    "classify_click",
-    "classify_open",
     "fleet_keys",
     "fleet_window",
-    "history_window",
     "is_fleet",
     "judge_message",
     "judge_open",
+    "message_window",
     "request_reason",
 ]
 
@@ -74,8 +70,6 @@ NETWORK_SCANNER = "scanner"
 NETWORK_IMAGE_PROXY = "image-proxy"
 NETWORK_APPLE_RELAY = "apple-relay"
 
-#: What :func:`request_reason` answered for Apple's proxy opens before ``apple-mpp``.
-_OLD_APPLE_MPP = "agent:apple-mail-privacy-protection"
 
 #: Known scanners and proxies, as (name, regular expression over the user agent). Checked in
 #: order, case-insensitively; the name goes in the recorded reason (``agent:proofpoint``).
@@ -223,9 +217,8 @@ def request_reason(
     """Why a request is a machine's from the request alone, or None.
 
     ``headers`` needs a case-insensitive ``get`` (werkzeug's ``Headers``, ``email.message``), or
-    the exact header names. For an open, an image proxy's agent is no reason (:func:`judge_open`
-    calls it a people's open through a proxy); ``is_open`` also names Apple's proxy opens, for
-    :func:`classify_open`'s callers (:func:`judge_open` names them itself).
+    the exact header names. For an open (``is_open``), an image proxy's agent is no reason:
+    :func:`judge_open` tells a people's open through Gmail's proxy from Apple's prefetch.
     """
     if method.upper() == "HEAD":
         return REASON_HEAD
@@ -238,18 +231,7 @@ def request_reason(
         agent = rules.image_proxy_name(user_agent)  # an image proxy follows no links
     if agent is not None:
         return f"{REASON_AGENT}:{agent}"
-    if is_open and rules.apple_mpp_opens and (user_agent or "").strip() == APPLE_MPP_AGENT:
-        return _OLD_APPLE_MPP
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class RecentClick:
-    """A click of the same message shortly before (or in the same batch as) the one judged."""
-
-    tracked_url_id: int
-    at: dt.datetime
-    is_trap: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,52 +247,12 @@ class Verdict:
 HUMAN = Verdict(False)
 
 
-def classify_click(
-    *,
-    at: dt.datetime,
-    tracked_url_id: int,
-    request: str | None,
-    delivered_at: dt.datetime | None,
-    recent: Iterable[RecentClick] = (),
-    is_trap: bool = False,
-    rules: BotRules = DEFAULT_RULES,
-) -> Verdict:
-    """Whether a click at ``at`` is a machine's, and why.
-
-    ``request`` is :func:`request_reason`'s answer; ``recent`` the message's other clicks close
-    to ``at`` (any order, this one excluded).
-    """
-    if is_trap:
-        return Verdict(True, REASON_TRAP)
-    if request is not None:
-        return Verdict(True, request)
-    if (
-        rules.delivery_seconds > 0
-        and delivered_at is not None
-        and (at - delivered_at).total_seconds() <= rules.delivery_seconds
-    ):
-        return Verdict(True, REASON_TOO_SOON)
-    recent = list(recent)
-    trap_window = dt.timedelta(seconds=rules.trap_seconds)
-    if any(c.is_trap and abs(c.at - at) <= trap_window for c in recent):
-        return Verdict(True, REASON_TRAP_BURST)
-    if rules.burst_seconds > 0:
-        window = dt.timedelta(seconds=rules.burst_seconds)
-        near = [c for c in recent if abs(c.at - at) <= window]
-        links = {c.tracked_url_id for c in near} | {tracked_url_id}
-        if rules.burst_links > 1 and len(links) >= rules.burst_links:
-            return Verdict(True, REASON_BURST)
-    return HUMAN
-
-
-def classify_open(*, request: str | None) -> Verdict:
-    """Whether an open is a machine's: only the request tells (scanners, proxies, prefetch)."""
-    return Verdict(True, request) if request is not None else HUMAN
-
-
-def history_window(rules: BotRules = DEFAULT_RULES) -> dt.timedelta:
-    """How far back the history rules look: what the caller must fetch as ``recent``."""
-    return dt.timedelta(seconds=max(rules.burst_seconds, rules.trap_seconds, 0))
+def message_window(rules: BotRules = DEFAULT_RULES) -> dt.timedelta:
+    """How far either side of new clicks :func:`judge_message` looks: the caller fetches the
+    message's clicks within it (every message rule is a rule of nearby clicks)."""
+    return dt.timedelta(
+        seconds=max(rules.burst_seconds, rules.sweep_seconds, rules.all_links_seconds, rules.trap_seconds, 0)
+    )
 
 
 # -- facts and judges of the message rules -------------------------------------------------------
@@ -337,7 +279,7 @@ class OpenFact:
 
     at: dt.datetime
     user_agent: str | None = None
-    #: :func:`request_reason`'s answer for the open's request (with or without ``is_open``).
+    #: :func:`request_reason`'s answer for the open's request (``is_open=True``).
     request_reason: str | None = None
     network: str | None = None
     network_kind: str | None = None
@@ -347,8 +289,6 @@ def judge_open(fact: OpenFact, rules: BotRules = DEFAULT_RULES) -> Verdict:
     """Whether an open is a machine's. Gmail's and Yahoo's proxies fetch images when the person
     opens the message: a people's open, noted ``proxy``. Apple's proxy fetches every message as
     it arrives, read or not: a machine's (``apple-mpp``)."""
-    if fact.request_reason == _OLD_APPLE_MPP:
-        return Verdict(True, REASON_APPLE_MPP)
     if fact.request_reason is not None:
         return Verdict(True, fact.request_reason)
     if fact.network_kind == NETWORK_SCANNER:

@@ -55,12 +55,15 @@ def send(
     *,
     delivery: str = "spring-news",
     sent_ago: dt.timedelta = dt.timedelta(hours=1),
+    link_count: int = 3,
 ) -> Sent:
-    """Record one message of ``delivery`` to ``address`` with three links and a trap link."""
+    """Record one message of ``delivery`` to ``address`` with three links (or ``link_count``: more are
+    ``https://shop.example/more/N``) and a trap link."""
     sent_at = utcnow() - sent_ago
     with sessions.begin() as session:
         execution = resolve_execution(session, Marks(delivery=delivery), sent_at)
-        specs = [LinkSpec("html", url, url, None, f"link {i}", i) for i, url in enumerate(TARGETS)]
+        targets = TARGETS[:link_count] + [f"https://shop.example/more/{i}" for i in range(len(TARGETS), link_count)]
+        specs = [LinkSpec("html", url, url, None, f"link {i}", i) for i, url in enumerate(targets)]
         tracked = ensure_tracked_urls(session, execution, [*specs, links.trap_link_spec()])
         recipient = get_recipient(session, address)
         message = Message(
@@ -69,6 +72,6 @@ def send(
         )
         session.add(message)
         session.flush()
-        ids = [tracked[("html", url)].id for url in TARGETS]
+        ids = [tracked[("html", url)].id for url in targets]
         trap = tracked[("html", links.TRAP_LINK_NAME)].id
         return Sent(message.id, recipient.id, ids, trap)

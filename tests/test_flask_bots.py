@@ -125,7 +125,100 @@ def test_apple_mail_privacy_protection_opens_are_machine_opens(bot_app, sessions
     client.get(sent.open(), headers=BROWSER)
     with sessions() as session:
         opens = [(o.is_machine, o.machine_reason) for o in session.scalars(select(Open).order_by(Open.id))]
-    assert opens == [(True, "agent:apple-mail-privacy-protection"), (False, None)]
+    assert opens == [(True, "apple-mpp"), (False, None)]
+
+
+def opens_recorded(sessions) -> list[tuple[bool, str | None, str | None]]:
+    with sessions() as session:
+        return [(o.is_machine, o.machine_reason, o.network) for o in session.scalars(select(Open).order_by(Open.id))]
+
+
+def test_gmails_image_proxy_opens_are_peoples_opens(bot_app, sessions):
+    """Gmail loads the images when the person opens the message: the only open Gmail gives."""
+    sent = send(sessions)
+    gmail = {"User-Agent": "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"}
+    bot_app.test_client().get(sent.open(), headers=gmail, environ_base={"REMOTE_ADDR": "66.249.84.10"})
+    assert [(machine, reason) for machine, reason, _ in opens_recorded(sessions)] == [(False, "proxy")]
+    with sessions() as session:
+        (stats,) = delivery_figures(session, "spring-news")
+    assert stats.opens == 1
+
+
+def test_an_open_from_a_scanners_network_is_a_machines(bot_app, sessions):
+    sent = send(sessions)
+    bot_app.test_client().get(sent.open(), headers=BROWSER, environ_base={"REMOTE_ADDR": "40.107.22.5"})
+    assert opens_recorded(sessions) == [(True, "network:microsoft-eop", "microsoft-eop")]
+
+
+def test_safe_links_fetching_before_the_person_counts_the_person_once(bot_app, sessions):
+    """Microsoft fetches the link from its own network a moment before the person's browser
+    arrives: the scanner's request is a machine's, the person's counts, and nothing else."""
+    sent = send(sessions)
+    client = bot_app.test_client()
+    client.get(sent.click(1), headers=BROWSER, environ_base={"REMOTE_ADDR": "40.107.22.5"})
+    client.get(sent.click(1), headers=BROWSER, environ_base={"REMOTE_ADDR": "198.51.100.7"})
+    assert recorded(sessions) == [(True, "network:microsoft-eop"), (False, None)]
+    with sessions() as session:
+        networks = [c.network for c in session.scalars(select(Click).order_by(Click.id))]
+        ips = [c.ip for c in session.scalars(select(Click).order_by(Click.id))]
+    assert networks == ["microsoft-eop", None]
+    assert ips == ["40.107.22.0", "198.51.100.0"]  # the full address judged, never stored
+
+
+def test_a_checker_spacing_its_clicks_is_a_sweep(bot_app, sessions):
+    """Four different links of one message within 20 s, whatever the pace: a link checker."""
+    sent = send(sessions, link_count=6)
+    client = bot_app.test_client()
+    start = dt.datetime.now(dt.timezone.utc)
+    for i in range(4):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("flask_hotclicks.tracking.utcnow", lambda i=i: start + dt.timedelta(seconds=4 * i))
+            client.get(sent.click(i), headers=BROWSER)
+    assert recorded(sessions) == [(True, "sweep")] * 4
+
+
+def test_a_person_reading_then_clicking_two_links_is_a_person(bot_app, sessions):
+    sent = send(sessions, link_count=6)
+    client = bot_app.test_client()
+    start = dt.datetime.now(dt.timezone.utc)
+    for i, seconds in enumerate((0, 25)):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("flask_hotclicks.tracking.utcnow", lambda seconds=seconds: start + dt.timedelta(seconds=seconds))
+            client.get(sent.click(i), headers=BROWSER)
+    assert recorded(sessions) == [(False, None), (False, None)]
+
+
+def test_a_click_judged_again_moves_every_figure(bot_app, sessions):
+    """A people's click already folded into the report's aggregates, then a trap click of the
+    same scanner pass: the click becomes a machine's, with its row, and every figure follows —
+    the same figures as folding everything again from the start."""
+    from hotclicks.db import rollup
+
+    sent = send(sessions)
+    client = bot_app.test_client()
+    client.get(sent.click(0), headers=BROWSER)
+    with sessions.begin() as session:
+        rollup.roll_up(session, settle=0)
+
+    def figures() -> tuple:
+        with sessions() as session:
+            delivery = session.scalars(select(Delivery)).one()
+            report = hot_clicks_report(session, delivery_executions(session, delivery)[0], variants=False)
+            (stats,) = delivery_figures(session, "spring-news")
+            return ([line.shown_clicks for line in report.links], stats.clicks, stats.clickers, stats.machine_clicks)
+
+    assert figures() == ([1, 0, 0], 1, 1, 0)
+    client.get(sent.trap(), headers=BROWSER)
+    assert recorded(sessions) == [(True, "trap-burst"), (True, "trap-link")]
+    judged_again = figures()
+    assert judged_again == ([0, 0, 0], 0, 0, 2)
+    with sessions.begin() as session:
+        rollup.roll_up(session, settle=0)
+    assert figures() == judged_again
+    with sessions.begin() as session:
+        rollup.rebuild(session)
+        rollup.roll_up(session, settle=0)
+    assert figures() == judged_again
 
 
 def test_machine_clicks_are_left_out_of_the_figures(bot_app, sessions):

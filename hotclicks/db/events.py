@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import bots
 from .models import Click, Message, Open, Recipient, TrackedUrl
+from .rollup import Rejudged, apply_rejudged
 
 __all__ = [
     "ClickEvent",
@@ -31,7 +32,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ClickEvent:
-    """A click as the click route saw it, before the history rules judged it."""
+    """A click as the click route saw it, before the message rules judged it."""
 
     message_id: int
     tracked_url_id: int
@@ -42,6 +43,9 @@ class ClickEvent:
     request_reason: str | None = None
     #: The tracked URL is the hidden trap link.
     is_trap: bool = False
+    #: The named network list the client's full address is in, and its kind (``hotclicks.networks``).
+    network: str | None = None
+    network_kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,21 +55,47 @@ class OpenEvent:
     user_agent: str | None
     ip: str | None
     request_reason: str | None = None
+    network: str | None = None
+    network_kind: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
+class _StoredClick:
+    id: int
+    tracked_url_id: int
+    at: dt.datetime
+    is_machine: bool
+    reason: str | None
+    network: str | None
+
+    def fact(self) -> bots.ClickFact:
+        """What the rules knew of it when it came: its request's and its network's own reasons
+        are in its stored reason; a reason from its company (a burst...) is judged again."""
+        reason = self.reason
+        request = reason if reason and (reason in _REQUEST_REASONS or reason.startswith(_AGENT)) else None
+        kind = bots.NETWORK_SCANNER if reason and reason.startswith(_NETWORK) else None
+        return bots.ClickFact(self.tracked_url_id, self.at, request, self.network, kind, reason == bots.REASON_TRAP)
+
+
+_REQUEST_REASONS = frozenset({bots.REASON_HEAD, bots.REASON_PREFETCH})
+_AGENT = bots.REASON_AGENT + ":"
+_NETWORK = bots.REASON_NETWORK + ":"
+
+
+@dataclass(slots=True)
 class _MessageFacts:
+    execution_id: int
     delivered_at: dt.datetime
     tracking_opt_out: bool
-    recent: list[bots.RecentClick]
+    clicks: list[_StoredClick] = field(default_factory=list)
 
 
 def _message_facts(
     session: Session | Connection, message_ids: Iterable[int], since: dt.datetime | None, until: dt.datetime | None
 ) -> dict[int, _MessageFacts]:
-    """For each message: when it was delivered, whether its recipient opted out of tracking, and
-    its clicks between ``since`` and ``until`` — one indexed query (message by id, clicks by
-    message id)."""
+    """For each message: its execution, when it was delivered, whether its recipient opted out of
+    tracking, and its clicks between ``since`` and ``until`` — one indexed query (message by id,
+    clicks by message id)."""
     ids = sorted(set(message_ids))
     if not ids:
         return {}
@@ -77,25 +107,47 @@ def _message_facts(
     query = (
         select(
             Message.id,
+            Message.execution_id,
             Message.sent_at,
             Message.created_at,
             Recipient.tracking_opt_out,
+            Click.id,
             Click.tracked_url_id,
             Click.clicked_at,
+            Click.is_machine,
             Click.machine_reason,
+            Click.network,
         )
         .join(Recipient, Recipient.id == Message.recipient_id)
         .outerjoin(Click, click_on)
         .where(Message.id.in_(ids))
     )
     facts: dict[int, _MessageFacts] = {}
-    for mid, sent_at, created_at, opt_out, url_id, clicked_at, reason in session.execute(query):
+    for mid, execution_id, sent_at, created_at, opt_out, click_id, url_id, at, machine, reason, network in session.execute(query):
         fact = facts.get(mid)
         if fact is None:
-            fact = facts[mid] = _MessageFacts(sent_at or created_at, bool(opt_out), [])
-        if url_id is not None:
-            fact.recent.append(bots.RecentClick(url_id, clicked_at, reason == bots.REASON_TRAP))
+            fact = facts[mid] = _MessageFacts(execution_id, sent_at or created_at, bool(opt_out))
+        if click_id is not None:
+            fact.clicks.append(_StoredClick(click_id, url_id, at, bool(machine), reason, network))
     return facts
+
+
+def _visible_links(session: Session | Connection, execution_ids: Iterable[int]) -> dict[int, int]:
+    """How many links a person can see in each execution's HTML (its text's when it has none):
+    what "every visible link clicked" counts against. Over all of an execution's variants, so
+    never fewer than one message shows."""
+    wanted = sorted(set(execution_ids))
+    if not wanted:
+        return {}
+    counts: dict[int, dict[str, int]] = {}
+    rows = session.execute(
+        select(TrackedUrl.execution_id, TrackedUrl.part, func.count())
+        .where(TrackedUrl.execution_id.in_(wanted), or_(TrackedUrl.name.is_(None), TrackedUrl.name != bots.TRAP_LINK_NAME))
+        .group_by(TrackedUrl.execution_id, TrackedUrl.part)
+    )
+    for execution_id, part, count in rows:
+        counts.setdefault(execution_id, {})[part] = int(count)
+    return {e: parts.get("html") or parts.get("text", 0) for e, parts in counts.items()}
 
 
 def _bulk_insert(session: Session | Connection, table: Any, rows: list[dict[str, Any]]) -> None:
@@ -121,18 +173,11 @@ def _bulk_insert(session: Session | Connection, table: Any, rows: list[dict[str,
     session.execute(table.insert(), rows)
 
 
-def _mark_burst(session: Session | Connection, message_id: int, at: dt.datetime, seconds: float, reason: str) -> None:
-    window = dt.timedelta(seconds=seconds)
-    session.execute(
-        update(Click)
-        .where(
-            Click.message_id == message_id,
-            Click.is_machine.is_(False),
-            Click.clicked_at >= at - window,
-            Click.clicked_at <= at + window,
-        )
-        .values(is_machine=True, machine_reason=reason)
-    )
+_SET_VERDICT = (
+    update(Click.__table__)
+    .where(Click.__table__.c.id == bindparam("click_id"))
+    .values(is_machine=bindparam("new_machine"), machine_reason=bindparam("new_reason"))
+)
 
 
 def record_clicks(
@@ -140,46 +185,57 @@ def record_clicks(
 ) -> list[bots.Verdict | None]:
     """Judge and record a batch of clicks; one verdict per event (None: its message is gone).
 
-    One query reads what the history rules need (delivery time, tracking opt-out, the messages'
-    recent clicks), one multi-row insert writes the batch. A burst or a trap click also marks the
-    message's other clicks of the same moment as machine. A recipient who opted out of tracking
-    is recorded anonymously: no message, no user agent, no address.
+    One query reads what the message rules need (delivery time, tracking opt-out, the messages'
+    clicks around the batch's), one multi-row insert writes the batch. The rules judge each
+    message's clicks again with the new ones (``bots.judge_message``): a stored click they now
+    judge differently is updated, and moved in the report aggregates it was folded into
+    (:func:`hotclicks.db.rollup.apply_rejudged`). A recipient who opted out of tracking is
+    recorded anonymously: no message, no user agent, no address.
     """
     if not events:
         return []
-    window = bots.history_window(rules)
+    window = bots.message_window(rules)
     facts = _message_facts(
         session,
         (e.message_id for e in events),
         min(e.at for e in events) - window,
         max(e.at for e in events) + window,
     )
-    verdicts: list[bots.Verdict | None] = []
-    rows: list[dict[str, Any]] = []
-    bursts: list[tuple[int, dt.datetime, float, str]] = []
-    for event in events:
-        fact = facts.get(event.message_id)
-        if fact is None:
-            verdicts.append(None)
-            continue
-        verdict = bots.classify_click(
-            at=event.at,
-            tracked_url_id=event.tracked_url_id,
-            request=event.request_reason,
+    batches: dict[int, list[int]] = {}
+    for index, event in enumerate(events):
+        if event.message_id in facts:
+            batches.setdefault(event.message_id, []).append(index)
+    visible = _visible_links(
+        session,
+        (facts[m].execution_id for m, indexes in batches.items()
+         if _may_cover_every_link(facts[m].clicks, [events[i] for i in indexes], rules)),
+    )
+    verdicts: list[bots.Verdict | None] = [None] * len(events)
+    changed: list[Rejudged] = []
+    for message_id, indexes in batches.items():
+        fact = facts[message_id]
+        stored = fact.clicks
+        judged = bots.judge_message(
+            [c.fact() for c in stored]
+            + [
+                bots.ClickFact(e.tracked_url_id, e.at, e.request_reason, e.network, e.network_kind, e.is_trap)
+                for e in (events[i] for i in indexes)
+            ],
             delivered_at=fact.delivered_at,
-            recent=fact.recent,
-            is_trap=event.is_trap,
+            visible_links=visible.get(fact.execution_id, 0),
             rules=rules,
         )
-        verdicts.append(verdict)
-        fact.recent.append(
-            bots.RecentClick(event.tracked_url_id, event.at, verdict.reason == bots.REASON_TRAP)
-        )
-        if verdict.reason == bots.REASON_TRAP:
-            bursts.append((event.message_id, event.at, rules.trap_seconds, bots.REASON_TRAP_BURST))
-        elif verdict.reason == bots.REASON_BURST:
-            bursts.append((event.message_id, event.at, rules.burst_seconds, bots.REASON_BURST))
-        anonymous = fact.tracking_opt_out
+        for click, verdict in zip(stored, judged):
+            if verdict.is_machine != click.is_machine:
+                changed.append(Rejudged(click.id, click.tracked_url_id, message_id, click.at, click.is_machine,
+                                        click.reason, verdict.is_machine, verdict.reason))
+        for index, verdict in zip(indexes, judged[len(stored):]):
+            verdicts[index] = verdict
+    rows: list[dict[str, Any]] = []
+    for event, verdict in zip(events, verdicts):
+        if verdict is None:
+            continue
+        anonymous = facts[event.message_id].tracking_opt_out
         rows.append(
             {
                 "message_id": None if anonymous else event.message_id,
@@ -189,18 +245,34 @@ def record_clicks(
                 "ip": None if anonymous else event.ip,
                 "is_machine": verdict.is_machine,
                 "machine_reason": verdict.reason,
+                "network": event.network,
             }
         )
     if rows:
         _bulk_insert(session, Click.__table__, rows)
-    for message_id, at, seconds, reason in bursts:
-        _mark_burst(session, message_id, at, seconds, reason)
+    if changed:
+        changed.sort(key=lambda c: c.click_id)  # rows locked in one order by every writer
+        session.execute(
+            _SET_VERDICT,
+            [{"click_id": c.click_id, "new_machine": c.is_machine, "new_reason": c.reason} for c in changed],
+        )
+        apply_rejudged(session, changed)
     return verdicts
 
 
-def record_opens(session: Session | Connection, events: Sequence[OpenEvent]) -> list[bots.Verdict | None]:
+def _may_cover_every_link(stored: Sequence[_StoredClick], new: Sequence[ClickEvent], rules: bots.BotRules) -> bool:
+    """Whether a message's clicks reach enough different links for "every visible link clicked"
+    to apply: only then is the execution's link count read."""
+    links = {c.tracked_url_id for c in stored} | {e.tracked_url_id for e in new}
+    return len(links) >= max(rules.all_links_min, 2)
+
+
+def record_opens(
+    session: Session | Connection, events: Sequence[OpenEvent], rules: bots.BotRules = bots.DEFAULT_RULES
+) -> list[bots.Verdict | None]:
     """Judge and record a batch of opens; None for an open not recorded (message gone, or its
-    recipient opted out of tracking: an open cannot be anonymous)."""
+    recipient opted out of tracking: an open cannot be anonymous). An open through Gmail's or
+    Yahoo's image proxy is a people's open noted ``proxy``; Apple's proxy's, a machine's."""
     if not events:
         return []
     facts = _message_facts(session, (e.message_id for e in events), None, None)
@@ -211,7 +283,9 @@ def record_opens(session: Session | Connection, events: Sequence[OpenEvent]) -> 
         if fact is None or fact.tracking_opt_out:
             verdicts.append(None)
             continue
-        verdict = bots.classify_open(request=event.request_reason)
+        verdict = bots.judge_open(
+            bots.OpenFact(event.at, event.user_agent, event.request_reason, event.network, event.network_kind), rules
+        )
         verdicts.append(verdict)
         rows.append(
             {
@@ -221,6 +295,7 @@ def record_opens(session: Session | Connection, events: Sequence[OpenEvent]) -> 
                 "ip": event.ip,
                 "is_machine": verdict.is_machine,
                 "machine_reason": verdict.reason,
+                "network": event.network,
             }
         )
     if rows:

@@ -67,6 +67,8 @@ def _encode(event: Event) -> bytes:
         f'"m":{int(event.message_id)},"t":"{event.at.isoformat()}","a":{_json(event.user_agent)},'
         f'"i":{_json(event.ip)},"r":{_json(event.request_reason)}'
     )
+    if event.network is not None:
+        common += f',"n":{_json(event.network)},"nk":{_json(event.network_kind)}'
     if isinstance(event, ClickEvent):
         trap = ',"x":1' if event.is_trap else ""
         return f'{{"k":"c","u":{int(event.tracked_url_id)},{common}{trap}}}\n'.encode()
@@ -76,9 +78,10 @@ def _encode(event: Event) -> bytes:
 def _decode(line: bytes) -> Event:
     data = json.loads(line)
     at = dt.datetime.fromisoformat(data["t"])
+    network = (data.get("n"), data.get("nk"))  # absent from the lines of older versions
     if data["k"] == "c":
-        return ClickEvent(data["m"], data["u"], at, data["a"], data["i"], data["r"], bool(data.get("x")))
-    return OpenEvent(data["m"], at, data["a"], data["i"], data["r"])
+        return ClickEvent(data["m"], data["u"], at, data["a"], data["i"], data["r"], bool(data.get("x")), *network)
+    return OpenEvent(data["m"], at, data["a"], data["i"], data["r"], *network)
 
 
 def _commit(
@@ -97,7 +100,7 @@ def _commit(
                 if not (click_exists(session, e) if isinstance(e, ClickEvent) else open_exists(session, e))
             ]
         record_clicks(session, [e for e in events if isinstance(e, ClickEvent)], rules)
-        record_opens(session, [e for e in events if isinstance(e, OpenEvent)])
+        record_opens(session, [e for e in events if isinstance(e, OpenEvent)], rules)
 
 
 #: Where events the database refuses (not a failure to reach it: a constraint) are set aside,

@@ -254,7 +254,12 @@ class Click(Base):
     user_agent: Mapped[str | None] = mapped_column(String(500))
     ip: Mapped[str | None] = mapped_column(String(64))
     is_machine: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Why the bot rules judged it a machine's (``hotclicks.bots``' reasons); a people's event
+    #: may carry a note too (an open through Gmail's image proxy: ``proxy``).
     machine_reason: Mapped[str | None] = mapped_column(String(100))
+    #: The named network list the client's address was in (``hotclicks.networks``); the address
+    #: itself is only stored as the privacy settings allow.
+    network: Mapped[str | None] = mapped_column(String(64))
 
 
 class Open(Base):
@@ -269,6 +274,7 @@ class Open(Base):
     ip: Mapped[str | None] = mapped_column(String(64))
     is_machine: Mapped[bool] = mapped_column(Boolean, default=False)
     machine_reason: Mapped[str | None] = mapped_column(String(100))
+    network: Mapped[str | None] = mapped_column(String(64))
 
 
 class OptOut(Base):
@@ -445,3 +451,15 @@ class ClickBucket(Base):
     hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     clicks: Mapped[int] = mapped_column(BigInteger, default=0)
     machine_clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ReasonStats(Base):
+    """How many of one execution's clicks or opens carry one bot-rule reason (``machine_reason``):
+    the machine share per reason that the delivery page shows."""
+
+    __tablename__ = "hotclicks_reason_stats"
+
+    execution_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_execution.id"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(10), primary_key=True)  #: "click" or "open"
+    reason: Mapped[str] = mapped_column(String(100), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger, default=0)

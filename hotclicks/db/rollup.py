@@ -20,9 +20,10 @@ current largest id: it notes that id (``pending_upto``) and the time, and folds 
 once ``settle`` seconds have passed, when every transaction that took a smaller id has ended (a
 click's transaction is one insert). The same delay covers the bot rules, which may mark a click
 as a machine's a few seconds after it was recorded (``bots.BotRules.trap_seconds``): ``settle``
-must exceed that window. :data:`SETTLE_SECONDS` is comfortably larger than both. A click replayed
-from a journal long after its time, whose burst marking changes older clicks already folded, is
-the one case where aggregates can drift; :func:`rebuild` starts them again from zero.
+must exceed that window. :data:`SETTLE_SECONDS` is comfortably larger than both. A click judged
+again later (a trap click or a sweep seen after it was folded, a journal replayed long after its
+time) is moved between people's and machines' figures by :func:`apply_rejudged`, in the same
+transaction as its new verdict; :func:`rebuild` starts every aggregate again from zero.
 
 Rows deleted by a retention purge stay counted in the aggregates: the reports keep their figures.
 """
@@ -30,11 +31,12 @@ Rows deleted by a retention purge stay counted in the aggregates: the reports ke
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, delete, select, text
+from sqlalchemy import BigInteger, Connection, bindparam, delete, select, text
 from sqlalchemy.orm import Session
 
 from .models import (
@@ -43,6 +45,7 @@ from .models import (
     LinkClicker,
     LinkStats,
     MessageStats,
+    ReasonStats,
     RollupState,
     TrackedUrl,
     VariantStats,
@@ -50,7 +53,7 @@ from .models import (
 )
 from .upsert import upsert
 
-__all__ = ["BATCH_ROWS", "SETTLE_SECONDS", "needs_roll_up", "rebuild", "roll_up"]
+__all__ = ["BATCH_ROWS", "SETTLE_SECONDS", "Rejudged", "apply_rejudged", "needs_roll_up", "rebuild", "roll_up"]
 
 #: Seconds a row must have been visible before it is folded (see the module's docstring).
 SETTLE_SECONDS = 60.0
@@ -217,6 +220,26 @@ def _fold_clicks(session: Session, lo: int, hi: int) -> None:
     upsert(session, ExecutionStats.__table__, [_execution_row(e, **values) for e, values in executions.items()],
            ["execution_id"], add=_EXECUTION_COUNTERS)
     upsert(session, VariantStats.__table__, variants, ["variant_id"], add=["clicks", "machine_clicks"])
+    _fold_reasons(
+        session,
+        "SELECT t.execution_id, 'click', c.machine_reason, COUNT(*) FROM hotclicks_click c "
+        "JOIN hotclicks_tracked_url t ON t.id = c.tracked_url_id "
+        "WHERE c.id > :lo AND c.id <= :hi AND c.machine_reason IS NOT NULL "
+        "GROUP BY t.execution_id, c.machine_reason",
+        span,
+    )
+
+
+def _fold_reasons(session: Session, select_sql: str, span: dict[str, int]) -> None:
+    """Add the batch's events per (execution, source, reason) to ``ReasonStats``."""
+    session.execute(
+        text(
+            f"INSERT INTO hotclicks_reason_stats (execution_id, source, reason, events) {select_sql} "
+            "ON CONFLICT (execution_id, source, reason) DO UPDATE SET "
+            "events = hotclicks_reason_stats.events + excluded.events"
+        ),
+        span,
+    )
 
 
 def _fold_opens(session: Session, lo: int, hi: int) -> None:
@@ -252,6 +275,14 @@ def _fold_opens(session: Session, lo: int, hi: int) -> None:
         [_execution_row(e, opens=h, machine_opens=x, openers=nh, all_openers=na) for e, h, x, nh, na in rows],
         ["execution_id"],
         add=_EXECUTION_COUNTERS,
+    )
+    _fold_reasons(
+        session,
+        "SELECT g.execution_id, 'open', o.machine_reason, COUNT(*) FROM hotclicks_open o "
+        "JOIN hotclicks_message g ON g.id = o.message_id "
+        "WHERE o.id > :lo AND o.id <= :hi AND o.machine_reason IS NOT NULL "
+        "GROUP BY g.execution_id, o.machine_reason",
+        span,
     )
 
 
@@ -334,8 +365,109 @@ def needs_roll_up(session: Session, *, settle: float = SETTLE_SECONDS, now: dt.d
 def rebuild(session: Session) -> None:
     """Forget every aggregate: the next :func:`roll_up` folds all rows again from the start."""
     session.info.pop("hotclicks_watermarks", None)
-    for model in (ClickBucket, LinkClicker, LinkStats, VariantStats, MessageStats, ExecutionStats, RollupState):
+    for model in (ClickBucket, LinkClicker, LinkStats, VariantStats, MessageStats, ExecutionStats, ReasonStats,
+                  RollupState):
         session.execute(delete(model))
+
+
+# -- clicks judged again after they were folded ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rejudged:
+    """A stored click whose verdict the bot rules changed (``hotclicks.db.events``)."""
+
+    click_id: int
+    tracked_url_id: int
+    message_id: int
+    clicked_at: dt.datetime
+    was_machine: bool
+    was_reason: str | None
+    is_machine: bool
+    reason: str | None
+
+
+def _hour(moment: dt.datetime) -> int:
+    """Hours since the Unix epoch, UTC, as :func:`hour_expression` computes them in SQL."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return int((moment - dt.datetime(1970, 1, 1)).total_seconds()) // 3600
+
+
+def apply_rejudged(executor: Session | Connection, changes: Sequence[Rejudged]) -> None:
+    """Move the clicks the bot rules judged again from people's to machines' figures (or back)
+    in every aggregate they were folded into, in the caller's transaction.
+
+    Rare (a trap click, a sweep), so plain statements per click. The click state row is locked
+    first (as :func:`roll_up` locks it): a roll-up folds a click either before this reads the
+    watermark (then this corrects it) or after this commits (then it folds the new verdict).
+    Clicks above the watermark need nothing: the reports count them live.
+    """
+    if not changes:
+        return
+    run = executor.execute
+    run(text("UPDATE hotclicks_rollup_state SET name = name WHERE name = 'click'"))
+    mark = executor.scalar(text("SELECT watermark FROM hotclicks_rollup_state WHERE name = 'click'")) or 0
+    for change in changes:
+        if change.click_id > mark:
+            continue
+        found = run(
+            text(
+                "SELECT t.execution_id, g.variant_id FROM hotclicks_tracked_url t, hotclicks_message g "
+                "WHERE t.id = :u AND g.id = :m"
+            ),
+            {"u": change.tracked_url_id, "m": change.message_id},
+        ).first()
+        if found is None:
+            continue
+        execution_id, variant_id = found
+        people = -1 if change.is_machine and not change.was_machine else 1 if change.was_machine and not change.is_machine else 0
+        keys = {"u": change.tracked_url_id, "m": change.message_id, "e": execution_id, "v": variant_id,
+                "h": _hour(change.clicked_at), "p": people, "x": -people}
+        if people:
+            # Distinct people's clickers change when a (link, message) or a message gains its
+            # first people's click or loses its last.
+            link_before = executor.scalar(
+                text("SELECT clicks FROM hotclicks_link_clicker WHERE tracked_url_id = :u AND message_id = :m"), keys
+            ) or 0
+            message_before = executor.scalar(
+                text("SELECT clicks FROM hotclicks_message_stats WHERE message_id = :m"), keys
+            ) or 0
+            keys["lc"] = _crossing(link_before, people)
+            keys["mc"] = _crossing(message_before, people)
+            for statement in (
+                "UPDATE hotclicks_link_clicker SET clicks = clicks + :p, machine_clicks = machine_clicks + :x "
+                "WHERE tracked_url_id = :u AND message_id = :m",
+                "UPDATE hotclicks_link_stats SET clicks = clicks + :p, machine_clicks = machine_clicks + :x, "
+                "clickers = clickers + :lc WHERE tracked_url_id = :u",
+                "UPDATE hotclicks_message_stats SET clicks = clicks + :p, machine_clicks = machine_clicks + :x "
+                "WHERE message_id = :m",
+                "UPDATE hotclicks_execution_stats SET clicks = clicks + :p, machine_clicks = machine_clicks + :x, "
+                "clickers = clickers + :mc WHERE execution_id = :e",
+                "UPDATE hotclicks_variant_stats SET clicks = clicks + :p, machine_clicks = machine_clicks + :x "
+                "WHERE variant_id = :v",
+                "UPDATE hotclicks_click_bucket SET clicks = clicks + :p, machine_clicks = machine_clicks + :x "
+                "WHERE tracked_url_id = :u AND hour = :h",
+            ):
+                run(text(statement), keys)
+        if change.was_reason != change.reason:
+            if change.was_reason is not None:
+                run(
+                    text("UPDATE hotclicks_reason_stats SET events = events - 1 "
+                         "WHERE execution_id = :e AND source = 'click' AND reason = :r"),
+                    {"e": execution_id, "r": change.was_reason},
+                )
+            if change.reason is not None:
+                upsert(executor, ReasonStats.__table__,
+                       [{"execution_id": execution_id, "source": "click", "reason": change.reason, "events": 1}],
+                       ["execution_id", "source", "reason"], add=["events"])
+
+
+def _crossing(before: int, change: int) -> int:
+    """How a count of distinct clickers moves when one's people's clicks go from ``before`` to
+    ``before + change``."""
+    after = before + change
+    return 1 if before <= 0 < after else -1 if after <= 0 < before else 0
 
 
 # -- reading the tail ----------------------------------------------------------------------------
