@@ -54,7 +54,8 @@ import flask_hotclicks.tracking  # noqa: E402
 from example_app import traffic  # noqa: E402
 from flask_hotclicks import HotClicks  # noqa: E402
 from hotclicks import db  # noqa: E402
-from hotclicks.db.models import Click, Delivery, Message, Open, Recipient  # noqa: E402
+from hotclicks.db.models import Click, Delivery, Message, Open, Recipient, TrackedUrl  # noqa: E402
+from hotclicks.links import TRAP_LINK_NAME  # noqa: E402
 from hotclicks.db.stats import delivery_executions, hot_clicks_report  # noqa: E402
 from smtp_relay import RelayConfig, RelayController  # noqa: E402
 
@@ -81,6 +82,8 @@ TARGETS = {
 }
 _CLICK = re.compile(re.escape(BASE_URL) + r"/c/[A-Za-z0-9_.-]+")
 _OPEN = re.compile(re.escape(BASE_URL) + r"/o/[A-Za-z0-9_.-]+")
+#: The hidden trap link's href (the relay writes it as ``hotclicks.rewrite.TRAP_TEMPLATE``).
+_TRAP = re.compile(r'<a href="(' + re.escape(BASE_URL) + r'/c/[A-Za-z0-9_.-]+)" style="display:none')
 
 
 def free_port() -> int:
@@ -146,21 +149,24 @@ def send_through_relay(database_url: str, workdir: Path, addresses: list[str], d
             time.sleep(0.05)
     finally:
         relay.stop()
-        relay.handler.processor.sessions.kw["bind"].dispose()
         upstream.stop()
     if len(sink.copies) < len(addresses):
         raise SystemExit(f"the sink got {len(sink.copies)} of {len(addresses)} copies")
     return sink.copies
 
 
-def routes_of(copy: bytes) -> tuple[list[str], str]:
-    """The paths of a copy's tracked links (in LINKS' order) and of its open pixel."""
+def routes_of(copy: bytes) -> tuple[dict[str, str], str]:
+    """The paths of a copy's tracked links (by LINKS' targets, and the hidden trap link as
+    ``traffic.TRAP``) and of its open pixel."""
     html = email.message_from_bytes(copy, policy=email.policy.default).get_body(("html",)).get_content()
-    clicks = list(dict.fromkeys(_CLICK.findall(html)))
+    traps = _TRAP.findall(html)
+    clicks = [href for href in dict.fromkeys(_CLICK.findall(html)) if href not in traps]
     opens = _OPEN.findall(html)
-    if len(clicks) != len(LINKS) or not opens:
-        raise SystemExit(f"a forwarded copy has {len(clicks)} tracked links and {len(opens)} pixels")
-    return [urlsplit(u).path for u in clicks], urlsplit(opens[0]).path
+    if len(clicks) != len(LINKS) or len(traps) != 1 or not opens:
+        raise SystemExit(f"a forwarded copy has {len(clicks)} tracked links, {len(traps)} trap links and {len(opens)} pixels")
+    paths = {link: urlsplit(href).path for link, href in zip(LINKS, clicks)}
+    paths[traffic.TRAP] = urlsplit(traps[0]).path
+    return paths, urlsplit(opens[0]).path
 
 
 def _key(at: dt.datetime) -> int:
@@ -194,7 +200,7 @@ def run(database_url: str, workdir: Path, seed: int, count: int) -> dict[str, fl
     messages = {address: (mid, sent_at or created_at) for address, mid, sent_at, created_at in rows}
     routes = {address: routes_of(copies[address]) for address in addresses}
 
-    model = [dataclasses.replace(e, message=address_of[e.message]) for e in traffic.events(names, LINKS, seed)]
+    model = [dataclasses.replace(e, message=address_of[e.message]) for e in traffic.events(names, LINKS, seed, trap=True)]
     timeline = sorted(
         ((messages[e.message][1] + dt.timedelta(seconds=e.at), i, e) for i, e in enumerate(model)),
         key=lambda t: (t[0], t[1]),
@@ -209,7 +215,7 @@ def run(database_url: str, workdir: Path, seed: int, count: int) -> dict[str, fl
         for at, _, event in timeline:
             now[0] = at
             click_paths, open_path = routes[event.message]
-            path = open_path if event.kind == "open" else click_paths[LINKS.index(event.link)]
+            path = open_path if event.kind == "open" else click_paths[event.link]
             response = client.open(
                 path, method=event.method, headers=dict(event.headers), environ_base={"REMOTE_ADDR": event.address}
             )
@@ -236,6 +242,9 @@ def run(database_url: str, workdir: Path, seed: int, count: int) -> dict[str, fl
         execution = delivery_executions(session, session.scalars(select(Delivery).where(Delivery.code == delivery)).one())[0]
         report = hot_clicks_report(session, execution)
         urls = {f.tracked_url.url: f.tracked_url.id for f in report.links}
+        urls[traffic.TRAP] = session.scalars(
+            select(TrackedUrl.id).where(TrackedUrl.execution_id == execution.id, TrackedUrl.name == TRAP_LINK_NAME)
+        ).one()
         counted = {f.tracked_url.url: f.shown_clicks for f in report.links}
         shown = {f.tracked_url.url: f.percent for f in report.links}
     app.extensions["hotclicks"].dispose()

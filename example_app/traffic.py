@@ -39,12 +39,16 @@ __all__ = [
     "NETWORKS",
     "PERSON",
     "Recipient",
+    "TRAP",
     "events",
     "recipients_of",
 ]
 
 PERSON = "person"
 MACHINE = "machine"
+#: The ``link`` of a request to the hidden trap link the relay adds to a message's HTML: a
+#: scanner that follows every href of the HTML follows it too (it is the last one), a person never.
+TRAP = "trap"
 
 #: Every behaviour the model knows, with the label of the events it makes.
 BEHAVIOURS: dict[str, str] = {
@@ -189,11 +193,14 @@ def events(
     seed: int,
     *,
     weights: Sequence[float] | None = None,
+    trap: bool = False,
 ) -> list[Event]:
     """Every labelled event for one message sent to each of ``recipients``, sorted by offset.
 
     ``weights`` says how much each of ``links`` draws people's clicks (:data:`DEFAULT_WEIGHTS`,
-    repeated or cut to length, by default). The same arguments give the same events.
+    repeated or cut to length, by default). With ``trap``, the message's HTML ends with the hidden
+    trap link, and the scanners that fetch every link fetch it too (as :data:`TRAP`). The same
+    arguments give the same events.
     """
     if not links:
         raise ValueError("a message needs at least one link")
@@ -204,7 +211,7 @@ def events(
     out: list[Event] = []
     for recipient in recipients_of(recipients, seed):
         rng = random.Random(f"{seed}:{recipient.address}")
-        out += _machines(rng, recipient, links)
+        out += _machines(rng, recipient, [*links, TRAP] if trap else links)
         out += _person(rng, recipient, links, weights)
     out.sort(key=lambda e: (e.at, e.message))
     return out
@@ -226,6 +233,10 @@ def _sweep(rng: random.Random, recipient: Recipient, links: Sequence[str], start
         at += rng.uniform(*gap)
 
 
+def _visible(links: Sequence[str]) -> Sequence[str]:
+    return [link for link in links if link != TRAP]
+
+
 def _machines(rng: random.Random, recipient: Recipient, links: Sequence[str]) -> Iterator[Event]:
     if recipient.mailbox == "apple-mpp":
         # Every message, read or not, at delivery.
@@ -242,7 +253,7 @@ def _machines(rng: random.Random, recipient: Recipient, links: Sequence[str]) ->
             yield from _sweep(rng, recipient, links, start + rng.uniform(0.1, 0.5), (0.02, 0.4), CHROME_AGENT,
                               gateway, "scan-at-delivery")
         else:
-            yield _event(recipient, "click", rng.choice(links), rng.uniform(1.0, 20.0), CHROME_AGENT,
+            yield _event(recipient, "click", rng.choice(_visible(links)), rng.uniform(1.0, 20.0), CHROME_AGENT,
                          _address(rng, gateway), "scan-one-link")
         if rng.random() < 0.3:
             yield from _sweep(rng, recipient, links, rng.uniform(3600.0, 8 * 3600.0), (1.2, 4.0), CHROME_AGENT,
@@ -256,7 +267,7 @@ def _machines(rng: random.Random, recipient: Recipient, links: Sequence[str]) ->
                               _DECLARED_AGENTS[gateway], gateway, "scan-declared")
     elif gateway == "mimecast":
         if rng.random() < 0.5:
-            yield _event(recipient, "click", rng.choice(links), rng.uniform(1.0, 20.0), CHROME_AGENT,
+            yield _event(recipient, "click", rng.choice(_visible(links)), rng.uniform(1.0, 20.0), CHROME_AGENT,
                          _address(rng, gateway), "scan-one-link")
         else:
             yield from _sweep(rng, recipient, links, rng.uniform(2.0, 30.0), (1.1, 4.0), CHROME_AGENT,
