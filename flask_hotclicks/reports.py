@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 from hotclicks.db import rollup, stats
 from hotclicks.db.admin import list_profiles
 from hotclicks.db.models import Delivery, Execution, Message, MessageStatus, Recipient, TestProfile
-from hotclicks.heat import ExecutionFigures, HotClicksReport, VariantShare
+from hotclicks import bots
+from hotclicks.heat import ExecutionFigures, HotClicksReport, VariantShare, percent
 
 from . import annotate
 from .extension import HotClicksState, get_state
@@ -299,6 +300,36 @@ def _messages(session: Session, execution: Execution) -> tuple[list[dict[str, An
 MESSAGE_COLUMNS = ["id", "recipient", "status", "reply", "variant", "created_at", "sent_at"]
 
 
+def _reason_rows(counts: dict[str, int], total: int) -> list[dict[str, Any]]:
+    return [{"reason": reason, "events": n, "percent": percent(n, total)} for reason, n in counts.items()]
+
+
+def _machine_share(figures: dict[str, Any], reasons: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """How much of an execution's clicks and opens the bot rules gave to machines, and why."""
+    machine_opens = {r: n for r, n in reasons["open"].items() if r != bots.REASON_PROXY}
+    people_clicks, machine_clicks = figures["clicks"], figures["machine_clicks"]
+    all_clicks = people_clicks + machine_clicks
+    all_opens = figures["opens"] + sum(machine_opens.values())
+    return {
+        "clicks": {
+            "total": all_clicks,
+            "machine": machine_clicks,
+            "percent": percent(machine_clicks, all_clicks),
+            "by_reason": _reason_rows(reasons["click"], all_clicks),
+        },
+        "opens": {
+            "total": all_opens,
+            "machine": sum(machine_opens.values()),
+            "percent": percent(sum(machine_opens.values()), all_opens),
+            "by_reason": _reason_rows(machine_opens, all_opens),
+            # People's opens seen through Gmail's or Yahoo's image proxy (counted as opens).
+            "through_proxy": reasons["open"].get(bots.REASON_PROXY, 0),
+            # Apple Mail Privacy Protection loads every message: whether these opened is unknown.
+            "apple_mpp": machine_opens.get(bots.REASON_APPLE_MPP, 0),
+        },
+    }
+
+
 def _delivery_data(session: Session, code: str) -> dict[str, Any]:
     delivery = _delivery(session, code)
     executions = stats.delivery_executions(session, delivery)
@@ -314,8 +345,11 @@ def _delivery_data(session: Session, code: str) -> dict[str, Any]:
         "click_stream": [],
         "messages": [],
         "messages_total": 0,
+        "machine_share": None,
     }
     if execution is not None:
+        current = next(row for row in data["executions"] if row["execution"] == execution.id)
+        data["machine_share"] = _machine_share(current, stats.reason_figures(session, [execution.id])[execution.id])
         data["urls"] = _urls(session, execution, machine)
         data["click_stream"] = [{"hour": h.isoformat(), "clicks": n}
                                 for h, n in stats.click_stream(session, execution, include_machine=machine)]

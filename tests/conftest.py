@@ -192,6 +192,8 @@ def app(engine: Engine, database_url: str) -> Iterator[Flask]:
         # the time-based bot rules are off unless a test turns them on (tests/test_flask_bots.py).
         HOTCLICKS_BOT_DELIVERY_SECONDS=0,
         HOTCLICKS_BOT_BURST_SECONDS=0,
+        HOTCLICKS_BOT_SWEEP_SECONDS=0,
+        HOTCLICKS_BOT_ALL_LINKS_SECONDS=0,
     )
     HotClicks(app)
     yield app

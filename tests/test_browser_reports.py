@@ -8,6 +8,7 @@ without a profile also replaces docs/hot-clicks.png when HOTCLICKS_UPDATE_SCREEN
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -220,4 +221,28 @@ def test_a_newsletter_sent_through_the_relay_shows_its_badges(relay, upstream, c
     page.wait_for_url("**view=text**")
     page.wait_for_load_state("load")  # the badges' style sheet too: until then the tooltip shows
     assert [b.split("\n")[0] for b in page.locator("#hc-text .hc-badge").all_inner_texts()] == ["0%"]
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_the_delivery_page_shows_the_machines_share_and_why(relay, upstream, client, live, page):
+    """A Safe Links check from Microsoft's network and the person's own click after it; Apple's
+    prefetch and a Gmail reader's open: the page says what machines made, and why."""
+    send(relay, newsletter(), ["ann@example.org", "bob@example.org"])
+    copies = {m.rcpt_tos[0]: m.data for m in upstream.messages}
+    ann = tracked_hrefs(copies["ann@example.org"], part="html")
+    browser_agent = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64)"}
+    client.get(urlsplit(ann[0]).path, headers=browser_agent, environ_base={"REMOTE_ADDR": "40.107.3.9"})
+    client.get(urlsplit(ann[0]).path, headers=browser_agent, environ_base={"REMOTE_ADDR": "198.51.100.20"})
+    pixel = {a: re.search(rb"/t/o/[A-Za-z0-9_-]+", d).group().decode() for a, d in copies.items()}  # type: ignore[union-attr]
+    client.get(pixel["bob@example.org"], headers={"User-Agent": "Mozilla/5.0"})
+    client.get(pixel["ann@example.org"], headers={"User-Agent": "Mozilla/5.0 (via ggpht.com GoogleImageProxy)"})
+
+    page.goto(f"{live.url}/hotclicks/deliveries/spring-news")
+    expect(page.locator("#machine-summary")).to_contain_text("50.0% of the clicks (1 of 2)")
+    expect(page.locator("#machine-summary")).to_contain_text("50.0% of the opens (1 of 2)")
+    rows = page.locator("#machine-reasons tbody tr").all_inner_texts()
+    assert [r.split("\t")[:3] for r in rows] == [["network:microsoft-eop", "click", "1"], ["apple-mpp", "open", "1"]]
+    expect(page.locator("#machine-mpp")).to_contain_text("whether those recipients opened cannot be known")
+    expect(page.locator("#machine-proxy")).to_contain_text("1 people's open came through Gmail's or Yahoo's image proxy")
+    _shot(page, "delivery-machines.png")
     assert page.errors == []  # type: ignore[attr-defined]

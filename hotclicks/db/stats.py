@@ -28,6 +28,7 @@ from .models import (
     Open,
     OptOut,
     ProfileCopy,
+    ReasonStats,
     Recipient,
     TestProfile,
     TrackedUrl,
@@ -48,6 +49,7 @@ __all__ = [
     "find_delivery",
     "find_recipients",
     "hot_clicks_report",
+    "reason_figures",
     "recipient_clicks",
     "recipient_opens",
     "recipient_opt_outs",
@@ -512,3 +514,46 @@ def recipient_opt_outs(session: Session, recipient: Recipient) -> list[tuple[Opt
             .order_by(OptOut.created_at.desc())
         )
     ]
+
+
+def reason_figures(session: Session, execution_ids: Sequence[int]) -> dict[int, dict[str, dict[str, int]]]:
+    """How many of each execution's clicks and opens carry each bot-rule reason:
+    ``{execution: {"click": {reason: n}, "open": {reason: n}}}``, from ``ReasonStats`` plus the
+    tail. Machine reasons, and the notes of people's events (``proxy``)."""
+    ids = list(execution_ids)
+    found: dict[int, dict[str, dict[str, int]]] = {e: {"click": {}, "open": {}} for e in ids}
+    if not ids:
+        return found
+
+    def add(execution_id: int, source: str, reason: str, n: int) -> None:
+        counts = found[execution_id][source]
+        counts[reason] = counts.get(reason, 0) + int(n)
+
+    for row in session.scalars(select(ReasonStats).where(ReasonStats.execution_id.in_(ids))):
+        add(row.execution_id, row.source, row.reason, row.events)
+    marks = watermarks(session)
+    urls = url_executions(session, ids)
+    for url_id, reason, n in session.execute(
+        tail_text(
+            "SELECT +c.tracked_url_id, c.machine_reason, COUNT(*) FROM hotclicks_click c "
+            f"WHERE c.id > :w AND {in_urls(session, ids)} AND c.machine_reason IS NOT NULL "
+            "GROUP BY +c.tracked_url_id, c.machine_reason"
+        ),
+        {"w": marks["click"]},
+    ):
+        add(urls[url_id], "click", reason, n)
+    in_ids = ", ".join(str(int(i)) for i in ids)
+    for execution_id, reason, n in session.execute(
+        tail_text(
+            "SELECT g.execution_id, o.machine_reason, COUNT(*) FROM hotclicks_open o "
+            "JOIN hotclicks_message g ON g.id = o.message_id "
+            f"WHERE o.id > :w AND g.execution_id IN ({in_ids}) AND o.machine_reason IS NOT NULL "
+            "GROUP BY g.execution_id, o.machine_reason"
+        ),
+        {"w": marks["open"]},
+    ):
+        add(execution_id, "open", reason, n)
+    for sources in found.values():
+        for source, counts in sources.items():
+            sources[source] = {r: n for r, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if n}
+    return found
