@@ -24,10 +24,16 @@
     try { doc = frame.contentDocument; } catch (e) { return; }
     if (!doc || !doc.documentElement || doc.readyState !== "complete") { return; }
     var size = function () {
+      // Laid out once at no height (in this task, so never painted), the document's scroll height
+      // is the message's own, not the frame's: the frame shrinks as well as grows.
+      frame.style.height = "0px";
       var height = Math.max(doc.documentElement.scrollHeight, doc.body ? doc.body.scrollHeight : 0);
+      var borders = frame.offsetHeight - frame.clientHeight;  // the frame's height is its border box
       if (height > 0) {
-        frame.style.height = height + "px";
+        frame.style.height = (height + borders) + "px";
         frame.classList.add("hc-fitted");
+      } else {
+        frame.style.height = "";  // nothing laid out yet: the style sheet's height
       }
     };
     size();
