@@ -9,7 +9,10 @@ the clicks of its last minute, so the reports also count a live tail. The Flask 
 ``--repeat`` times:
 
 - ``json``: ``GET /hotclicks/api/deliveries/<code>/hot-clicks``;
-- ``page``: the hot clicks page plus its email frame (the two requests a browser makes).
+- ``page``: the hot clicks page plus its email frame (the two requests a browser makes);
+- ``compare``, ``within=24h``: the same with two executions compared (here the execution with
+  itself: two reports) and with a time window (the hourly buckets);
+- ``delivery+curve``: the delivery page (URLs, click stream, cumulative curve).
 
 Median milliseconds per request. Prints, per database, a line like
 ``RESULT report ours=<page ms at the largest size> ref=<page ms at the smallest> ratio=... ...``
@@ -187,9 +190,25 @@ def run(url: str, sizes: list[int], messages: int, tail: int, repeat: int, label
             frame = client.get(f"/hotclicks/deliveries/{CODE}/hot-clicks/frame")
             assert page.status_code == 200 and frame.status_code == 200 and b"hc-badge" in frame.data
 
+        def view_call(query: str) -> Any:
+            def call() -> None:  # a page and its frame, with ``query``
+                page = client.get(f"/hotclicks/deliveries/{CODE}/hot-clicks?{query}")
+                frame = client.get(f"/hotclicks/deliveries/{CODE}/hot-clicks/frame?{query}")
+                assert page.status_code == 200 and frame.status_code == 200
+            return call
+
+        def delivery_call() -> None:  # the delivery page: URLs, click stream and cumulative curve
+            assert client.get(f"/hotclicks/deliveries/{CODE}").status_code == 200
+
         results[size] = {"json": _median_ms(json_call, repeat), "page": _median_ms(page_call, repeat),
+                         # one execution here: compared with itself, the cost of two reports
+                         "compare": _median_ms(view_call(f"compare={execution_id}"), repeat),
+                         "within": _median_ms(view_call("within=24h"), repeat),
+                         "delivery": _median_ms(delivery_call, repeat),
                          "seed_s": seeded, "fold_s": folded}
-        print(f"{label} {size:>9} clicks: json {results[size]['json']:.1f} ms, page+frame {results[size]['page']:.1f} ms"
+        print(f"{label} {size:>9} clicks: json {results[size]['json']:.1f} ms, page+frame {results[size]['page']:.1f} ms,"
+              f" compare {results[size]['compare']:.1f} ms, within=24h {results[size]['within']:.1f} ms,"
+              f" delivery+curve {results[size]['delivery']:.1f} ms"
               f" (seeded in {seeded:.1f} s, folded in {folded:.1f} s)", flush=True)
     app.extensions["hotclicks"].engine.dispose()
     engine.dispose()

@@ -67,15 +67,39 @@ class Badge:
     url: str
     figure: LinkFigure | None
 
-    def text(self, measure: str) -> str:
-        return "not tracked" if self.figure is None else f"{self.figure.percent:g}%"
+    def text(self, measure: str, counts: bool = False) -> str:
+        """The badge's label: the share (or, with ``counts``, the count) and, when two
+        executions are compared, the change in points (an arrow) or "new"."""
+        f = self.figure
+        if f is None:
+            return "not tracked"
+        if counts:
+            return str(f.shown_clickers if measure == "unique" else f.shown_clicks)
+        return f"{f.percent:g}%{_delta(f)}"
 
-    def tip(self, measure: str) -> str:
+    def tip(self, measure: str, counts: bool = False) -> str:
         if self.figure is None:
             return f"Not tracked in this execution. {self.url}"
         f = self.figure
-        return (f"{f.shown_clicks} click{'s' if f.shown_clicks != 1 else ''}, "
-                f"{f.shown_clickers} unique clicker{'s' if f.shown_clickers != 1 else ''}. {f.tracked_url.url}")
+        share = f"{f.percent:g}%{_delta(f)}: " if counts else ""
+        was = ""
+        if f.compare_percent is not None:
+            was = f"{f.compare_percent:g}% in the compared execution. "
+        elif f.compared:
+            was = "New: no match in the compared execution. "
+        return (f"{share}{f.shown_clicks} click{'s' if f.shown_clicks != 1 else ''}, "
+                f"{f.shown_clickers} unique clicker{'s' if f.shown_clickers != 1 else ''}. {was}{f.tracked_url.url}")
+
+
+def _delta(figure: LinkFigure) -> str:
+    """`` ▲2.5`` / `` ▼1`` / `` =`` / `` new`` after a share, when a comparison set it."""
+    if figure.delta_points is None:
+        return " new" if figure.compared else ""
+    if figure.delta_points > 0:
+        return f" \u25b2{figure.delta_points:g}"
+    if figure.delta_points < 0:
+        return f" \u25bc{-figure.delta_points:g}"
+    return " ="
 
 
 def _badges(links: Iterable[Link], figures: dict[str, LinkFigure]) -> list[Badge]:
@@ -91,6 +115,7 @@ def annotate_html(
     figures: dict[str, LinkFigure],
     *,
     measure: str = "clicks",
+    counts: bool = False,
     personal_params: Collection[str] = (),
     show_images: bool = False,
 ) -> tuple[str, list[Badge]]:
@@ -111,19 +136,21 @@ def annotate_html(
     by_index = {b.index: b for b in badges}
 
     def fill(match: re.Match[str]) -> str:
-        return badge_html(by_index[int(match.group(1))], measure)
+        return badge_html(by_index[int(match.group(1))], measure, counts)
 
     return _SLOT.sub(fill, prepared), badges
 
 
-def badge_html(badge: Badge, measure: str = "clicks") -> Markup:
+def badge_html(badge: Badge, measure: str = "clicks", counts: bool = False) -> Markup:
     """One badge's markup, the same in the email's frame and in the page's text view."""
-    level = "hc-untracked" if badge.figure is None else f"hc-heat-{heat_level(badge.figure.percent)}"
-    percent = "" if badge.figure is None else f"{badge.figure.percent:g}"
-    label, tip = _html.escape(badge.text(measure)), _html.escape(badge.tip(measure))
+    f = badge.figure
+    level = "hc-untracked" if f is None else f"hc-heat-{heat_level(f.percent)}"
+    percent = "" if f is None else f"{f.percent:g}"
+    delta = "" if f is None or f.delta_points is None else f' data-hc-delta="{f.delta_points:g}"'
+    label, tip = _html.escape(badge.text(measure, counts)), _html.escape(badge.tip(measure, counts))
     return Markup(
         f'<span class="hc-badge {level}" tabindex="0" data-hc-link="{badge.index}" '
-        f'data-hc-percent="{percent}" aria-label="{label}: {tip}">{label}'
+        f'data-hc-percent="{percent}"{delta} aria-label="{label}: {tip}">{label}'
         f'<span class="hc-tip" role="tooltip">{tip}</span></span>'
     )
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from hotclicks.db import rollup, stats
 from hotclicks.db.admin import list_profiles
 from hotclicks.db.models import Delivery, Execution, Message, MessageStatus, Recipient, TestProfile
-from hotclicks import bots
+from hotclicks import bots, heat
 from hotclicks.heat import ExecutionFigures, HotClicksReport, VariantShare, percent
 
 from . import annotate
@@ -47,10 +47,11 @@ PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "frame-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'self'"
 )
-#: The email frame's policy: a sandbox (no script, an opaque origin), inline styles, no loads but
-#: images (and those only when the viewer asks to see them).
+#: The email frame's policy: a sandbox where no script runs (``allow-same-origin`` only, so the
+#: page's own script can read the frame's height and show the message at full height; never with
+#: ``allow-scripts``), inline styles, no loads but images (and those only when the viewer asks).
 FRAME_CSP = (
-    "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data: {images}; "
+    "sandbox allow-same-origin; default-src 'none'; script-src 'none'; style-src 'unsafe-inline'; img-src data: {images}; "
     "font-src data:; form-action 'none'; base-uri 'none'; frame-ancestors 'self'"
 )
 #: Rows of the messages table per page.
@@ -346,13 +347,20 @@ def _delivery_data(session: Session, code: str) -> dict[str, Any]:
         "messages": [],
         "messages_total": 0,
         "machine_share": None,
+        "cumulative": [],
+        "hours_to_50": None,
+        "hours_to_90": None,
     }
     if execution is not None:
         current = next(row for row in data["executions"] if row["execution"] == execution.id)
         data["machine_share"] = _machine_share(current, stats.reason_figures(session, [execution.id])[execution.id])
         data["urls"] = _urls(session, execution, machine)
-        data["click_stream"] = [{"hour": h.isoformat(), "clicks": n}
-                                for h, n in stats.click_stream(session, execution, include_machine=machine)]
+        stream = stats.click_stream(session, execution, include_machine=machine)
+        data["click_stream"] = [{"hour": h.isoformat(), "clicks": n} for h, n in stream]
+        curve = heat.cumulative_shares(stream, execution.started_at)
+        data["cumulative"] = [{"hours": h, "percent": p} for h, p in curve]
+        data["hours_to_50"] = heat.time_to_share(curve, 50)
+        data["hours_to_90"] = heat.time_to_share(curve, 90)
         data["messages"], data["messages_total"] = _messages(session, execution)
     return data
 
@@ -365,6 +373,7 @@ def delivery_page(code: str) -> Any:
         "hotclicks/report_delivery.html",
         data=data,
         chart=_chart(data["click_stream"]),
+        curve=_curve(data["cumulative"]),
         q=request.args.get("q", ""),
         status=request.args.get("status", ""),
         page=max(1, request.args.get("page", 1, type=int) or 1),
@@ -425,6 +434,23 @@ def _chart(stream: list[dict[str, Any]]) -> dict[str, Any]:
             "unit": "day" if per_day else "hour", "top": top}
 
 
+def _curve(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cumulative share of clicks over the hours since sending, as an SVG polyline's points
+    (drawn on the server: no script), with the 50 % and 90 % marks."""
+    if not points:
+        return {"points": "", "width": 0, "height": 0}
+    width, height, pad = 640, 180, 30
+    last = max(p["hours"] for p in points) or 1
+    xy = [(pad, height - pad)]
+    for p in points:
+        x = pad + (width - 2 * pad) * p["hours"] / last
+        xy.append((x, xy[-1][1]))  # a step: the share holds until the hour's clicks are in
+        xy.append((x, height - pad - (height - 2 * pad) * p["percent"] / 100))
+    marks = [{"share": share, "y": round(height - pad - (height - 2 * pad) * share / 100, 1)} for share in (50, 90)]
+    return {"points": " ".join(f"{x:.1f},{y:.1f}" for x, y in xy), "width": width, "height": height,
+            "pad": pad, "last": last, "marks": marks}
+
+
 # -- hot clicks ----------------------------------------------------------------------------------
 
 
@@ -445,13 +471,28 @@ def _hot_clicks(session: Session, code: str, *, frame: bool = False) -> dict[str
     execution = _execution(session, delivery, executions)
     measure = "unique" if request.args.get("measure") == "unique" else "clicks"
     machine = _flag("machine")
+    within = request.args.get("within")
+    within = within if within in heat.WINDOWS else None
     data: dict[str, Any] = {"delivery": delivery, "executions": executions, "execution": execution,
-                            "measure": measure, "include_machine": machine, "report": None}
+                            "measure": measure, "include_machine": machine, "report": None, "within": within,
+                            "show_counts": request.args.get("show") == "counts", "comparison": None}
     if execution is None:
         return data
     state = _state()
     profile = _profile(session)
-    report = stats.hot_clicks_report(session, execution, include_machine=machine, measure=measure, variants=not frame)
+    report = stats.hot_clicks_report(session, execution, include_machine=machine, measure=measure,
+                                     variants=not frame, within=within)
+    data["measure"] = report.measure  # a time window counts clicks only
+    compare_id = request.args.get("compare", type=int)
+    if compare_id is not None:
+        other = next((e for e in executions if e.id == compare_id), None)
+        if other is None:
+            abort(404)
+        data["comparison"] = heat.compare(report, stats.hot_clicks_report(
+            session, other, include_machine=machine, measure=measure, variants=not frame, within=within))
+    if within is not None:
+        end = heat.window_end_hour(execution.started_at, within)
+        data["window_end"] = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=end)
     preview = state.extension.render_preview(delivery.code, profile)
     content = stats.choose_content(session, execution, profile, (preview.html, preview.text) if preview else None)
     data.update(report=report, profile=profile, content=content)
@@ -460,7 +501,7 @@ def _hot_clicks(session: Session, code: str, *, frame: bool = False) -> dict[str
     return data
 
 
-def _hot_clicks_links_json(report: HotClicksReport) -> list[dict[str, Any]]:
+def _hot_clicks_links_json(report: HotClicksReport | list[heat.LinkFigure]) -> list[dict[str, Any]]:
     return [
         {
             "id": f.tracked_url.id,
@@ -472,14 +513,16 @@ def _hot_clicks_links_json(report: HotClicksReport) -> list[dict[str, Any]]:
             "clicks": f.shown_clicks,
             "unique_clickers": f.shown_clickers,
             "percent": f.percent,
+            **({"compare_percent": f.compare_percent, "delta_points": f.delta_points} if f.compared else {}),
         }
-        for f in report.links
+        for f in (report.links if isinstance(report, HotClicksReport) else report)
     ]
 
 
 def _state_args(**changes: Any) -> dict[str, Any]:
     """The page's query arguments with ``changes`` applied (None removes one)."""
-    args = {k: v for k, v in request.args.items() if k in ("execution", "profile", "view", "machine", "measure", "images")}
+    args = {k: v for k, v in request.args.items()
+            if k in ("execution", "profile", "view", "machine", "measure", "images", "compare", "within", "show")}
     for key, value in changes.items():
         if value is None:
             args.pop(key, None)
@@ -509,6 +552,9 @@ def hot_clicks_page(code: str) -> Any:
             heat=list(zip(annotate.HEAT_COLOURS, (0, *annotate.HEAT_THRESHOLDS))),
             badge_html=annotate.badge_html,
             show_images=_flag("images"),
+            top=_top_links(report),
+            windows=list(heat.WINDOWS),
+            heat_level=annotate.heat_level,
             **data,
         )
 
@@ -524,7 +570,8 @@ def hot_clicks_frame(code: str) -> Any:
             body = "<!DOCTYPE html><p>No HTML content to show.</p>"
         else:
             body, _ = annotate.annotate_html(content.html, report.by_key("html"), measure=data["measure"],
-                                         personal_params=_state().personal_params, show_images=show_images)
+                                             counts=data["show_counts"], personal_params=_state().personal_params,
+                                             show_images=show_images)
     response = Response(body, mimetype="text/html")
     response.headers["Content-Security-Policy"] = FRAME_CSP.format(images="http: https:" if show_images else "")
     return response
@@ -547,9 +594,21 @@ def hot_clicks_json(code: str) -> Any:
         if content.text:
             badges["text"] = [_badge_json(p.badge) for p in annotate.annotate_text(
                 content.text, report.by_key("text"), personal_params=personal) if p.badge]
+        comparison: heat.Comparison | None = data["comparison"]
+        extra: dict[str, Any] = {"within": data["within"], "compare": None}
+        if data["within"]:
+            extra["window_end"] = data["window_end"].isoformat()
+        if comparison is not None:
+            extra.update(
+                compare={**_execution_json(comparison.other.execution),
+                         "total_clicks": comparison.other.total_clicks},
+                new_links=[f.tracked_url.id for f in comparison.new],
+                gone_links=_hot_clicks_links_json(comparison.gone),
+            )
         return jsonify(
             delivery=data["delivery"].code,
             execution=_execution_json(report.execution),
+            **extra,
             total_clicks=report.total_clicks,
             total_unique_clickers=report.total_unique,
             measure=report.measure,
@@ -558,7 +617,7 @@ def hot_clicks_json(code: str) -> Any:
             profile=None if data["profile"] is None else {"id": data["profile"].id, "name": data["profile"].name},
             content={"source": content.source, "note": content.note,
                      "variant": content.variant.id if content.variant else None, "badges": badges},
-            variants=[_variant_json(v) for v in report.variants],
+            variants=_variants_json(report, comparison),
             anonymous_clicks=report.anonymous_or_unknown_clicks,
             executions=[
                 {**_execution_json(e), "messages": data["counts"][e.id][0], "clicks": data["counts"][e.id][1]}
@@ -576,6 +635,25 @@ def _badge_json(badge: annotate.Badge) -> dict[str, Any]:
         "percent": badge.figure.percent if badge.figure else None,
         "tracked": badge.figure is not None,
     }
+
+
+def _variants_json(report: HotClicksReport, comparison: heat.Comparison | None) -> list[dict[str, Any]]:
+    if comparison is None:
+        return [_variant_json(v) for v in report.variants]
+    return [
+        {**_variant_json(c.share), "compare_clicks_percent": c.other.clicks_percent if c.other else None,
+         "delta_points": c.delta_points}
+        for c in comparison.variants
+    ]
+
+
+def _top_links(report: HotClicksReport | None, n: int = 3) -> list[heat.LinkFigure]:
+    """The ``n`` links with the most of what is shown, the ones a glance should find."""
+    if report is None:
+        return []
+    unique = report.measure == "unique"
+    ranked = sorted(report.links, key=lambda f: -(f.shown_clickers if unique else f.shown_clicks))
+    return [f for f in ranked[:n] if (f.shown_clickers if unique else f.shown_clicks)]
 
 
 def _variant_json(v: VariantShare) -> dict[str, Any]:

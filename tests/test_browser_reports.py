@@ -171,10 +171,10 @@ def test_a_script_planted_in_an_email_does_not_run(live, page, sessions):
     assert page.evaluate("window.hcPwned") is None
     assert page.title() != "pwned"
     assert live.beacons == []
-    # and the frame is sandboxed without scripts or the report's origin, under its own policy
-    assert page.locator("#hc-content").get_attribute("sandbox") == ""
+    # and the frame is sandboxed without scripts, under its own policy
+    assert page.locator("#hc-content").get_attribute("sandbox") == "allow-same-origin"
     response = page.request.get(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks/frame?profile={seeded.marc}")
-    assert response.headers["content-security-policy"].startswith("sandbox;")
+    assert response.headers["content-security-policy"].startswith("sandbox allow-same-origin;")
 
 
 def test_toggles_switch_to_machine_clicks_and_unique_clickers(live, page, sessions):
@@ -245,4 +245,70 @@ def test_the_delivery_page_shows_the_machines_share_and_why(relay, upstream, cli
     expect(page.locator("#machine-mpp")).to_contain_text("whether those recipients opened cannot be known")
     expect(page.locator("#machine-proxy")).to_contain_text("1 people's open came through Gmail's or Yahoo's image proxy")
     _shot(page, "delivery-machines.png")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+def test_comparing_two_executions_shows_each_share_and_its_change(live, page, sessions):
+    seeded = seed(sessions)
+    page.goto(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks")
+    page.locator("#compare-with summary").click()
+    page.locator("#compare-with a.hc-compare", has_text=f"#{seeded.first}").click()
+    expect(page.locator("#hc-comparing")).to_contain_text(f"Compared with execution #{seeded.first}")
+    assert _badges(page) == ["30% \u25b25", "25% \u25b225", "20% \u25bc55", "not tracked", "10% \u25b210"]
+    expect(page.locator("#hc-changes")).to_contain_text("shop.example/men")
+    expect(page.locator("#hc-top li").first).to_contain_text("\u25b25 points")
+    frame = page.frame_locator("#hc-content")
+    frame.locator(".hc-badge").nth(2).focus()
+    expect(frame.locator(".hc-badge").nth(2).locator(".hc-tip")).to_contain_text("75% in the compared execution")
+    _shot(page, "hot-clicks-compare.png")
+    if os.environ.get("HOTCLICKS_UPDATE_SCREENSHOTS") == "1":  # the docs' copy: the first screen only
+        page.screenshot(path=str(DOCS / "hot-clicks-compare.png"), scale="css", type="png")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_the_time_filter_shows_the_shares_within_the_first_hours(live, page, sessions):
+    seed(sessions)
+    page.goto(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks")
+    page.locator("#hc-within a[data-hc-within='6h']").click()
+    expect(page.locator("#hc-within a[data-hc-within='6h']")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#hc-window")).to_contain_text("counts whole")
+    expect(page.locator("#hc-legend")).to_contain_text("100% = 18 clicks")
+    assert _badges(page) == ["33.33%", "27.78%", "22.22%", "not tracked", "0%"]
+    page.locator("#hc-within a[data-hc-within='1h']").click()
+    expect(page.locator("#hc-legend")).to_contain_text("100% = 0 clicks")
+    page.locator("#toggle-counts").click()  # counts instead of shares, the window kept
+    expect(page.locator("#hc-within a[data-hc-within='1h']")).to_have_attribute("aria-pressed", "true")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_the_message_is_shown_at_its_full_height_without_an_inner_scroll_bar(live, page, sessions):
+    seeded = seed(sessions)
+    page.goto(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks?profile={seeded.marc}")
+    frame = page.locator("#hc-content")
+    expect(frame).to_have_class("hc-frame hc-fitted")
+    sizes = frame.evaluate(
+        "f => { const d = f.contentDocument.documentElement;"
+        " return [f.clientHeight, d.scrollHeight, d.clientHeight, f.contentWindow.innerHeight]; }")
+    frame_height, content_height, viewport, inner = sizes
+    assert content_height <= viewport and content_height <= inner  # nothing to scroll inside
+    assert content_height == viewport == frame_height  # fitted to the message, neither more nor less
+    # taller content (the images shown, a narrow window) grows the frame too
+    page.set_viewport_size({"width": 420, "height": 900})
+    page.wait_for_function(
+        "() => { const f = document.querySelector('#hc-content');"
+        " return f.contentDocument.documentElement.scrollHeight <= f.clientHeight; }")
+    assert page.evaluate("window.hcPwned") is None
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_the_delivery_page_draws_the_cumulative_curve(live, page, sessions):
+    seeded = seed(sessions)
+    page.goto(f"{live.url}/hotclicks/deliveries/spring-news?execution={seeded.latest}")
+    expect(page.locator("#hc-curve svg polyline")).to_be_attached()
+    expect(page.locator("#hc-time-to")).to_contain_text("Half the clicks came within 3 h")
+    if os.environ.get("HOTCLICKS_UPDATE_SCREENSHOTS") == "1":
+        page.locator("#hc-curve").screenshot(path=str(DOCS / "click-curve.png"))
     assert page.errors == []  # type: ignore[attr-defined]

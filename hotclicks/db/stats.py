@@ -56,7 +56,9 @@ __all__ = [
 ]
 
 
-def _link_figures(session: Session, execution_id: int) -> list[heat.LinkFigure]:
+def _link_figures(session: Session, execution_id: int, before_hour: int | None = None) -> list[heat.LinkFigure]:
+    if before_hour is not None:
+        return _window_figures(session, execution_id, before_hour)
     urls = session.execute(
         select(TrackedUrl, LinkStats)
         .outerjoin(LinkStats, LinkStats.tracked_url_id == TrackedUrl.id)
@@ -98,6 +100,45 @@ def _link_figures(session: Session, execution_id: int) -> list[heat.LinkFigure]:
     return list(figures.values())
 
 
+def _content_links(session: Session, execution_id: int) -> dict[int, heat.LinkFigure]:
+    return {
+        url.id: heat.LinkFigure(url)
+        for url in session.scalars(
+            select(TrackedUrl).where(TrackedUrl.execution_id == execution_id)
+            .order_by(TrackedUrl.part, TrackedUrl.position, TrackedUrl.id)
+        )
+        if url.name != bots.TRAP_LINK_NAME
+    }
+
+
+def _window_figures(session: Session, execution_id: int, before_hour: int) -> list[heat.LinkFigure]:
+    """Each link's clicks in the hour buckets before ``before_hour`` (plus the tail's): the hourly
+    aggregates hold clicks, not clickers, so a window has no unique clickers."""
+    figures = _content_links(session, execution_id)
+    if not figures:
+        return []
+    rows = session.execute(
+        select(ClickBucket.tracked_url_id, func.sum(ClickBucket.clicks), func.sum(ClickBucket.machine_clicks))
+        .where(ClickBucket.tracked_url_id.in_(list(figures)), ClickBucket.hour < before_hour)
+        .group_by(ClickBucket.tracked_url_id)
+    ).all()
+    hour_sql = hour_expression(session.get_bind().dialect.name).replace("clicked_at", "c.clicked_at")
+    rows += session.execute(
+        tail_text(
+            "SELECT +c.tracked_url_id, SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END), "
+            "SUM(CASE WHEN c.is_machine THEN 1 ELSE 0 END) FROM hotclicks_click c "
+            f"WHERE c.id > :w AND {in_urls(session, [execution_id])} AND {hour_sql} < :before "
+            "GROUP BY +c.tracked_url_id"
+        ),
+        {"w": watermarks(session)["click"], "before": before_hour},
+    ).all()
+    for u, h, x in ints(rows):
+        if u in figures:
+            figures[u].clicks += int(h)
+            figures[u].machine_clicks += int(x)
+    return list(figures.values())
+
+
 def hot_clicks_report(
     session: Session,
     execution: Execution,
@@ -105,6 +146,7 @@ def hot_clicks_report(
     include_machine: bool = False,
     measure: str = "clicks",
     variants: bool = True,
+    within: str | None = None,
 ) -> heat.HotClicksReport:
     """Each link of ``execution`` with its share of the execution's clicks (or unique clickers).
 
@@ -113,10 +155,19 @@ def hot_clicks_report(
     is of the unique clickers of every link added up (a person who clicked two links counts on
     each). Machine clicks are left out unless ``include_machine``. Never summed across executions:
     tracked URLs belong to one execution.
+
+    ``within`` (a key of :data:`heat.WINDOWS`) counts only the clicks of that long after the
+    execution's first message, from the hourly buckets (see :func:`heat.window_end_hour` for the
+    rounding); the measure is then clicks: the buckets keep no clickers.
     """
     if measure not in heat.MEASURES:
         raise ValueError("measure is 'clicks' or 'unique'")
-    report = heat.hot_clicks(execution, _link_figures(session, execution.id),
+    before = None
+    if within is not None:
+        if within not in heat.WINDOWS:
+            raise ValueError(f"within is one of {', '.join(heat.WINDOWS)}")
+        before, measure = heat.window_end_hour(execution.started_at, within), "clicks"
+    report = heat.hot_clicks(execution, _link_figures(session, execution.id, before),
                              include_machine=include_machine, measure=measure)
     if variants:
         _variant_shares(session, report)
