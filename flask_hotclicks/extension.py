@@ -85,8 +85,9 @@ class Roller:
                     return None
             with self.sessions.begin() as session:
                 return rollup.roll_up(session)
-        except OperationalError:
-            log.warning("roll-up: the database is busy or unreachable; trying again in %ss", self.interval, exc_info=True)
+        except OperationalError as exc:  # a lock held too long, a restart: the next round folds it
+            log.warning("roll-up: the database is busy or unreachable (%s); trying again in %ss",
+                        exc.orig or exc, self.interval)
             return None
 
     def _run(self) -> None:
