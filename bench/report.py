@@ -160,7 +160,8 @@ def run(url: str, sizes: list[int], messages: int, tail: int, repeat: int, label
     execution_id, first_url, urls, first_message = _seed_base(engine, messages)
     app = Flask("bench_report")
     app.config.update(TESTING=True, HOTCLICKS_DATABASE_URL=url, HOTCLICKS_SECRET_KEY="bench-secret-key-0123456789abcdef",
-                      HOTCLICKS_BASE_URL="http://127.0.0.1/t")
+                      HOTCLICKS_BASE_URL="http://127.0.0.1/t",
+                      HOTCLICKS_ROLLUP_INTERVAL=0)  # the measured tail stays as seeded
     HotClicks(app)
     client = app.test_client()
     results: dict[int, dict[str, float]] = {}

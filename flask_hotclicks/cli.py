@@ -7,6 +7,7 @@
 ``purge --older-than 400d``                 delete old clicks and opens (never tracked URLs)
 ``sign-url --message ID --tracked-url ID``  print a signed click link, for debugging
 ``bots networks list|add|remove|check``     the named client networks (scanners, proxies)
+``roll-up [--rebuild]``                     fold settled clicks into the report aggregates
 ==========================================  ==================================================
 """
 
@@ -23,7 +24,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from hotclicks import db, links, networks
-from hotclicks.db import admin
+from hotclicks.db import admin, rollup
 from hotclicks.db.models import utcnow
 from hotclicks.db.stats import delivery_figures
 from hotclicks.errors import HotClicksError
@@ -183,7 +184,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 @click.argument("delivery")
 @_command
 def stats(delivery: str) -> None:
-    with _state().sessions() as session:
+    with _state().reading() as session:
         lines = delivery_figures(session, delivery)
     if lines is None:
         raise click.ClickException(f"no delivery {delivery!r}")
@@ -327,3 +328,25 @@ def networks_remove(name: str) -> None:
 def networks_check(address: str) -> None:
     found = networks.check(address, _state().networks_dir)
     click.echo(f"{address}: {found.name} ({found.kind})" if found else f"{address}: in no network list")
+
+
+# -- roll-up -------------------------------------------------------------------------------------
+
+
+@hotclicks_cli.command(
+    "roll-up",
+    help="Fold the settled clicks, opens and messages into the report aggregates, as the "
+    "extension's roll-up thread does (for HOTCLICKS_ROLLUP_INTERVAL=0 and a timer).",
+)
+@click.option("--rebuild", is_flag=True, help="Clear the aggregates first: every row is folded again from the start.")
+@_command
+def roll_up(rebuild: bool) -> None:
+    with _state().sessions.begin() as session:
+        if rebuild:
+            rollup.rebuild(session)
+        folded = rollup.roll_up(session)
+    cleared = "aggregates cleared; " if rebuild else ""
+    click.echo(
+        f"{cleared}folded {folded['message']} messages, {folded['click']} clicks, {folded['open']} opens "
+        f"(rows are folded once they are {rollup.SETTLE_SECONDS:g} s old; the reports count the others live)"
+    )

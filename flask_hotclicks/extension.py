@@ -6,18 +6,22 @@ import atexit
 import copy
 import logging
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import Flask
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hotclicks import db, settings
 from hotclicks.bots import BotRules
 from hotclicks.errors import ConfigurationError
+from hotclicks.db import rollup
 from hotclicks.db.journal import EventJournal, replay_orphans
 from hotclicks.networks import NetworkIndex, network_index
 from hotclicks.tokens import TokenSigner
@@ -41,6 +45,68 @@ class Preview:
 
     html: str | None = None
     text: str | None = None
+
+
+class Roller:
+    """Folds settled clicks into the report aggregates every ``interval`` seconds, off the request
+    path, so that a report GET only reads (aggregates plus the live tail, the same figures).
+
+    One daemon thread per process, started by :meth:`start` on the process's first request (a
+    gunicorn worker forked after ``init_app`` starts its own). Several processes may roll up at
+    once: :func:`~hotclicks.db.rollup.roll_up` serializes them on its state rows.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], interval: float) -> None:
+        self.sessions = sessions
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pid = -1
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start this process's thread, once (cheap after that: a request calls it each time)."""
+        if self.interval <= 0 or self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid() or self._stop.is_set():
+                return
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="hotclicks-rollup", daemon=True)
+            self._thread.start()
+        atexit.register(self.close)
+
+    def roll_up_once(self) -> dict[str, int] | None:
+        """One round: how many rows of each source were folded, or None when nothing was due or
+        the database was busy (the live tail keeps the reports right until the next round)."""
+        try:
+            with self.sessions() as session:
+                if not rollup.needs_roll_up(session):
+                    return None
+            with self.sessions.begin() as session:
+                return rollup.roll_up(session)
+        except OperationalError as exc:  # a lock held too long, a restart: the next round folds it
+            log.warning("roll-up: the database is busy or unreachable (%s); trying again in %ss",
+                        exc.orig or exc, self.interval)
+            return None
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        while not self._stop.wait(self.interval) and self._pid == pid:
+            try:
+                folded = self.roll_up_once()
+            except Exception:  # a bug must not stop the roll-ups for the process's lifetime
+                log.exception("roll-up failed; trying again in %ss", self.interval)
+                continue
+            if folded and any(folded.values()):
+                log.debug("roll-up: folded %s", folded)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread (a roll-up under way finishes first, or is rolled back at exit)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid():
+            thread.join(timeout)
 
 
 @dataclass
@@ -67,9 +133,29 @@ class HotClicksState:
     #: The shipped and operator network lists (HOTCLICKS_BOT_NETWORKS_DIR), and that directory.
     networks: NetworkIndex = field(default_factory=NetworkIndex)
     networks_dir: str | None = None
+    #: The roll-up thread (HOTCLICKS_ROLLUP_INTERVAL; an interval of 0 never starts it).
+    roller: Roller | None = None
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session whose statements all read one snapshot, as a report's must: the aggregates
+        and the tail above the watermark it read have to agree even when a roll-up commits between
+        two of them (PostgreSQL: REPEATABLE READ, which never fails a transaction that only reads;
+        SQLite: one read transaction, where each statement would otherwise see the latest)."""
+        with self.sessions() as session:
+            dialect = self.engine.dialect.name
+            if dialect == "postgresql":
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            elif dialect == "sqlite":
+                connection = session.connection()
+                if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+                    connection.exec_driver_sql("BEGIN")
+            yield session
 
     def dispose(self) -> None:
-        """Commit what the journal holds and release the database (tests, shutdown)."""
+        """Stop the roll-ups, commit what the journal holds and release the database (tests, shutdown)."""
+        if self.roller is not None:
+            self.roller.close()
         if self.journal is not None:
             self.journal.close()
         if not self.borrowed_engine:
@@ -207,7 +293,9 @@ class HotClicks:
             borrowed_engine=borrowed,
         )
         state.networks, state.networks_dir = networks, networks_dir
+        state.roller = Roller(sessions, float(config["HOTCLICKS_ROLLUP_INTERVAL"]))
         app.extensions["hotclicks"] = state
+        app.before_request(state.roller.start)
 
         from . import cli, reports, tracking
 

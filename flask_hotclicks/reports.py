@@ -13,17 +13,15 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 from werkzeug.wrappers import Response as WerkzeugResponse
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from hotclicks.db import rollup, stats
+from hotclicks.db import stats
 from hotclicks.db.admin import list_profiles
 from hotclicks.db.models import Delivery, Execution, Message, MessageStatus, Recipient, TestProfile
 from hotclicks import bots, heat
@@ -31,8 +29,6 @@ from hotclicks.heat import ExecutionFigures, HotClicksReport, VariantShare, perc
 
 from . import annotate
 from .extension import HotClicksState, get_state
-
-log = logging.getLogger("flask_hotclicks.reports")
 
 blueprint = Blueprint(
     "hotclicks_reports",
@@ -97,22 +93,10 @@ def _security_headers(response: Response) -> Response:
 
 @contextmanager
 def _session() -> Iterator[Session]:
-    state = _state()
-    _bring_up_to_date(state)
-    with state.sessions() as session:
+    """A session that only reads, one snapshot: the aggregates plus the live tail above the
+    watermark (the extension's roll-up thread folds the clicks, off the request)."""
+    with _state().reading() as session:
         yield session
-
-
-def _bring_up_to_date(state: HotClicksState) -> None:
-    """Fold settled clicks into the aggregates before reading them (cheap when there are none)."""
-    try:
-        with state.sessions() as session:
-            if not rollup.needs_roll_up(session):
-                return
-        with state.sessions.begin() as session:
-            rollup.roll_up(session)
-    except OperationalError:  # a busy database: the live tail still counts what is not folded
-        log.warning("could not fold the latest clicks into the report aggregates", exc_info=True)
 
 
 def _flag(name: str) -> bool:

@@ -263,6 +263,7 @@ _FLASK_ONLY = (
     _flask("journal_dir", 'A directory for the write-ahead journal of clicks and opens (see "Durability"). `None`: every click is committed before its redirect.', None, str),
     _flask("journal_fsync", "With the journal: `fdatasync` each event before answering (survives power loss; slower).", False, parse_bool),
     _flask("journal_interval", "With the journal: the longest wait, in seconds, before journaled events are committed.", 0.5, float),
+    _flask("rollup_interval", 'Seconds between two roll-ups of the report aggregates by a background thread of each process (started on its first request; see docs/reports.md, "Where the roll-up runs"). `0`: no thread; run `flask hotclicks roll-up` from a timer instead.', 10.0, float),
     _flask("check_schema", "Refuse to start unless the database is at the newest migration.", False, parse_bool),
 )
 

@@ -86,7 +86,7 @@ from aiosmtpd.controller import Controller  # noqa: E402
 from aiosmtpd.smtp import SMTP  # noqa: E402
 from flask import Flask  # noqa: E402
 
-from flask_hotclicks import HotClicks  # noqa: E402
+from flask_hotclicks import DEFAULT_CONFIG, HotClicks  # noqa: E402
 from smtp_relay import RelayConfig, RelayController  # noqa: E402
 
 from .helpers import BASE_URL, running_relay  # noqa: E402
@@ -178,6 +178,13 @@ def relay(engine: Engine, relay_config: RelayConfig) -> Iterator[RelayController
 @pytest.fixture
 def sessions(engine: Engine):
     return db.session_factory(engine)
+
+
+@pytest.fixture(autouse=True)
+def _no_roll_up_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No app of a test rolls up behind its back: HOTCLICKS_ROLLUP_INTERVAL defaults to 0 here
+    (the reports count what is not folded live; tests/test_flask_rollup.py runs the thread itself)."""
+    monkeypatch.setitem(DEFAULT_CONFIG, "HOTCLICKS_ROLLUP_INTERVAL", 0)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ script in one variant.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from dataclasses import dataclass, field
 
 import pytest
@@ -276,6 +277,43 @@ def test_rolling_up_waits_for_the_settle_delay_and_then_folds_exactly_once(sessi
         figures = stats.execution_figures(session, [session.scalars(select(Execution).where(Execution.key == "v2")).one()])
         (latest,) = figures.values()
         assert (latest.clicks, latest.machine_clicks, latest.clickers) == (20, 4, 5)
+
+
+def _roll_up_at_once(sessions, now: dt.datetime, callers: int = 4) -> list[dict[str, int]]:
+    """``callers`` roll-ups started together, each in a thread and a transaction of its own."""
+    start, results, errors = threading.Barrier(callers), [], []
+
+    def call() -> None:
+        try:
+            start.wait(10)
+            with sessions.begin() as session:
+                results.append(rollup.roll_up(session, now=now))
+        except Exception as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    return results
+
+
+def test_roll_ups_running_at_once_fold_each_row_exactly_once(sessions):
+    """Gunicorn workers' roll-up threads and a cron job may call it together: they serialize on
+    the state rows, one folds, the others find nothing left (the first time too, with no rows)."""
+    seed(sessions)
+    now = T0 + dt.timedelta(days=30)
+    assert _roll_up_at_once(sessions, now) == [{"message": 0, "click": 0, "open": 0}] * 4  # noted only
+    folded = _roll_up_at_once(sessions, now + dt.timedelta(seconds=61))
+    with sessions() as session:
+        clicks = session.scalar(select(func.count(Click.id)))
+        assert sorted(f["click"] for f in folded) == [0, 0, 0, clicks]
+        latest = session.scalars(select(Execution).where(Execution.key == "v2")).one()
+        f = stats.execution_figures(session, [latest])[latest.id]
+        assert (f.clicks, f.machine_clicks, f.clickers, f.opens) == (20, 4, 5, 6)
+        assert not rollup.needs_roll_up(session, now=now + dt.timedelta(seconds=61))
 
 
 def test_execution_figures_count_sends_opens_clickers_reactivity_and_opt_outs(sessions):

@@ -363,8 +363,13 @@ def needs_roll_up(session: Session, *, settle: float = SETTLE_SECONDS, now: dt.d
 
 
 def rebuild(session: Session) -> None:
-    """Forget every aggregate: the next :func:`roll_up` folds all rows again from the start."""
+    """Forget every aggregate: the next :func:`roll_up` folds all rows again from the start.
+
+    The state rows are locked first, as :func:`roll_up` locks them: a roll-up under way in another
+    process commits before the aggregates are deleted, so none of its rows survives the rebuild.
+    """
     session.info.pop("hotclicks_watermarks", None)
+    session.execute(text("UPDATE hotclicks_rollup_state SET name = name"))
     for model in (ClickBucket, LinkClicker, LinkStats, VariantStats, MessageStats, ExecutionStats, ReasonStats,
                   RollupState):
         session.execute(delete(model))
