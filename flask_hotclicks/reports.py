@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from hotclicks.db import stats
 from hotclicks.db.admin import list_profiles
 from hotclicks.db.models import Delivery, Execution, Message, MessageStatus, Recipient, TestProfile
-from hotclicks import bots, heat
+from hotclicks import bots, devices, heat
 from hotclicks.heat import ExecutionFigures, HotClicksReport, VariantShare, percent
 
 from . import annotate
@@ -315,6 +315,13 @@ def _machine_share(figures: dict[str, Any], reasons: dict[str, dict[str, int]]) 
     }
 
 
+def _device_rows(counts: dict[str, tuple[int, int]], include_machine: bool) -> list[dict[str, Any]]:
+    """An execution's clicks per device family (machines' only when asked for) and their shares."""
+    shown = {family: h + (x if include_machine else 0) for family, (h, x) in counts.items()}
+    total = sum(shown.values())
+    return [{"device": family, "clicks": n, "share": percent(n, total)} for family, n in shown.items()]
+
+
 def _delivery_data(session: Session, code: str) -> dict[str, Any]:
     delivery = _delivery(session, code)
     executions = stats.delivery_executions(session, delivery)
@@ -334,11 +341,13 @@ def _delivery_data(session: Session, code: str) -> dict[str, Any]:
         "cumulative": [],
         "hours_to_50": None,
         "hours_to_90": None,
+        "devices": [],
     }
     if execution is not None:
         current = next(row for row in data["executions"] if row["execution"] == execution.id)
         data["machine_share"] = _machine_share(current, stats.reason_figures(session, [execution.id])[execution.id])
         data["urls"] = _urls(session, execution, machine)
+        data["devices"] = _device_rows(stats.device_figures(session, [execution.id])[execution.id], machine)
         stream = stats.click_stream(session, execution, include_machine=machine)
         data["click_stream"] = [{"hour": h.isoformat(), "clicks": n} for h, n in stream]
         curve = heat.cumulative_shares(stream, execution.started_at)
@@ -455,25 +464,29 @@ def _hot_clicks(session: Session, code: str, *, frame: bool = False) -> dict[str
     execution = _execution(session, delivery, executions)
     measure = "unique" if request.args.get("measure") == "unique" else "clicks"
     machine = _flag("machine")
+    device = request.args.get("device")
+    device = device if device in devices.FAMILIES else None
     within = request.args.get("within")
-    within = within if within in heat.WINDOWS else None
+    within = within if within in heat.WINDOWS and device is None else None  # no hours per device
     data: dict[str, Any] = {"delivery": delivery, "executions": executions, "execution": execution,
                             "measure": measure, "include_machine": machine, "report": None, "within": within,
+                            "device": device,
                             "show_counts": request.args.get("show") == "counts", "comparison": None}
     if execution is None:
         return data
     state = _state()
     profile = _profile(session)
     report = stats.hot_clicks_report(session, execution, include_machine=machine, measure=measure,
-                                     variants=not frame, within=within)
-    data["measure"] = report.measure  # a time window counts clicks only
+                                     variants=not frame, within=within, device=device)
+    data["measure"] = report.measure  # a time window or a device filter counts clicks only
     compare_id = request.args.get("compare", type=int)
     if compare_id is not None:
         other = next((e for e in executions if e.id == compare_id), None)
         if other is None:
             abort(404)
         data["comparison"] = heat.compare(report, stats.hot_clicks_report(
-            session, other, include_machine=machine, measure=measure, variants=not frame, within=within))
+            session, other, include_machine=machine, measure=measure, variants=not frame, within=within,
+            device=device))
     if within is not None:
         end = heat.window_end_hour(execution.started_at, within)
         data["window_end"] = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=end)
@@ -506,7 +519,8 @@ def _hot_clicks_links_json(report: HotClicksReport | list[heat.LinkFigure]) -> l
 def _state_args(**changes: Any) -> dict[str, Any]:
     """The page's query arguments with ``changes`` applied (None removes one)."""
     args = {k: v for k, v in request.args.items()
-            if k in ("execution", "profile", "view", "machine", "measure", "images", "compare", "within", "show")}
+            if k in ("execution", "profile", "view", "machine", "measure", "images", "compare", "within", "show",
+                     "device")}
     for key, value in changes.items():
         if value is None:
             args.pop(key, None)
@@ -538,6 +552,7 @@ def hot_clicks_page(code: str) -> Any:
             show_images=_flag("images"),
             top=_top_links(report),
             windows=list(heat.WINDOWS),
+            device_families=list(devices.FAMILIES),
             heat_level=annotate.heat_level,
             **data,
         )
@@ -579,7 +594,7 @@ def hot_clicks_json(code: str) -> Any:
             badges["text"] = [_badge_json(p.badge) for p in annotate.annotate_text(
                 content.text, report.by_key("text"), personal_params=personal) if p.badge]
         comparison: heat.Comparison | None = data["comparison"]
-        extra: dict[str, Any] = {"within": data["within"], "compare": None}
+        extra: dict[str, Any] = {"within": data["within"], "device": data["device"], "compare": None}
         if data["within"]:
             extra["window_end"] = data["window_end"].isoformat()
         if comparison is not None:

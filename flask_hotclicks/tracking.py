@@ -28,6 +28,7 @@ from werkzeug.routing import BaseConverter
 from sqlalchemy.orm import Session
 
 from hotclicks import bots
+from hotclicks.devices import device_family
 from hotclicks.errors import InvalidToken
 from hotclicks.links import LIST_UNSUBSCRIBE_POST
 from hotclicks.db.models import Recipient, utcnow
@@ -161,6 +162,7 @@ def click(token: str) -> Any:
             bots.request_reason("GET", request.headers, agent, state.rules),
             is_trap,
             *_network(state),
+            device_family(agent),  # from the request's agent: known even when none is stored
         )
         if state.journal is not None:
             state.journal.append(event)

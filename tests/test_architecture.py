@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PURE = [
     "hotclicks",
     "hotclicks.bots",
+    "hotclicks.devices",
     "hotclicks.enums",
     "hotclicks.errors",
     "hotclicks.executions",

@@ -144,6 +144,7 @@ def test_privacy_switches(engine, database_url, sessions, config, remote, expect
         app.extensions["hotclicks"].dispose()
     (click,) = clicks(sessions)
     assert (click.ip, click.user_agent) == (expected_ip, expected_agent)
+    assert click.device == "desktop"  # read at click time, kept whether or not the agent is
 
 
 def test_a_link_keeps_working_without_any_cache(client, app, sessions):

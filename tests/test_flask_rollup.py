@@ -33,6 +33,8 @@ REPORTS = [
     "/hotclicks/api/deliveries/spring-news/hot-clicks",
     "/hotclicks/api/deliveries/spring-news/hot-clicks?measure=unique",
     "/hotclicks/api/deliveries/spring-news/hot-clicks?machine=1",
+    "/hotclicks/api/deliveries/spring-news/hot-clicks?device=unknown",
+    "/hotclicks/deliveries/spring-news/hot-clicks?device=unknown&machine=1",
     "/hotclicks/deliveries/spring-news/hot-clicks.csv",
     "/hotclicks/api/recipients",
 ]

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
-from .. import bots
+from .. import bots, devices
 from .models import Click, Message, Open, Recipient, TrackedUrl
 from .rollup import Rejudged, apply_rejudged
 
@@ -46,6 +46,9 @@ class ClickEvent:
     #: The named network list the client's full address is in, and its kind (``hotclicks.networks``).
     network: str | None = None
     network_kind: str | None = None
+    #: The device family of the request's user agent (``hotclicks.devices``), read by the route
+    #: whether or not the agent is stored; None: read here from ``user_agent``.
+    device: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class _StoredClick:
     is_machine: bool
     reason: str | None
     network: str | None
+    device: str | None
 
     def fact(self) -> bots.ClickFact:
         """What the rules knew of it when it came: its request's and its network's own reasons
@@ -117,18 +121,19 @@ def _message_facts(
             Click.is_machine,
             Click.machine_reason,
             Click.network,
+            Click.device,
         )
         .join(Recipient, Recipient.id == Message.recipient_id)
         .outerjoin(Click, click_on)
         .where(Message.id.in_(ids))
     )
     facts: dict[int, _MessageFacts] = {}
-    for mid, execution_id, sent_at, created_at, opt_out, click_id, url_id, at, machine, reason, network in session.execute(query):
+    for mid, execution_id, sent_at, created_at, opt_out, click_id, url_id, at, machine, reason, network, device in session.execute(query):
         fact = facts.get(mid)
         if fact is None:
             fact = facts[mid] = _MessageFacts(execution_id, sent_at or created_at, bool(opt_out))
         if click_id is not None:
-            fact.clicks.append(_StoredClick(click_id, url_id, at, bool(machine), reason, network))
+            fact.clicks.append(_StoredClick(click_id, url_id, at, bool(machine), reason, network, device))
     return facts
 
 
@@ -228,7 +233,7 @@ def record_clicks(
         for click, verdict in zip(stored, judged):
             if verdict.is_machine != click.is_machine:
                 changed.append(Rejudged(click.id, click.tracked_url_id, message_id, click.at, click.is_machine,
-                                        click.reason, verdict.is_machine, verdict.reason))
+                                        click.reason, verdict.is_machine, verdict.reason, click.device))
         for index, verdict in zip(indexes, judged[len(stored):]):
             verdicts[index] = verdict
     rows: list[dict[str, Any]] = []
@@ -246,6 +251,7 @@ def record_clicks(
                 "is_machine": verdict.is_machine,
                 "machine_reason": verdict.reason,
                 "network": event.network,
+                "device": event.device or devices.device_family(event.user_agent),
             }
         )
     if rows:

@@ -71,7 +71,8 @@ def _encode(event: Event) -> bytes:
         common += f',"n":{_json(event.network)},"nk":{_json(event.network_kind)}'
     if isinstance(event, ClickEvent):
         trap = ',"x":1' if event.is_trap else ""
-        return f'{{"k":"c","u":{int(event.tracked_url_id)},{common}{trap}}}\n'.encode()
+        device = f',"d":{_json(event.device)}' if event.device is not None else ""
+        return f'{{"k":"c","u":{int(event.tracked_url_id)},{common}{trap}{device}}}\n'.encode()
     return f'{{"k":"o",{common}}}\n'.encode()
 
 
@@ -80,7 +81,8 @@ def _decode(line: bytes) -> Event:
     at = dt.datetime.fromisoformat(data["t"])
     network = (data.get("n"), data.get("nk"))  # absent from the lines of older versions
     if data["k"] == "c":
-        return ClickEvent(data["m"], data["u"], at, data["a"], data["i"], data["r"], bool(data.get("x")), *network)
+        return ClickEvent(data["m"], data["u"], at, data["a"], data["i"], data["r"], bool(data.get("x")), *network,
+                          data.get("d"))
     return OpenEvent(data["m"], at, data["a"], data["i"], data["r"], *network)
 
 

@@ -260,6 +260,9 @@ class Click(Base):
     #: The named network list the client's address was in (``hotclicks.networks``); the address
     #: itself is only stored as the privacy settings allow.
     network: Mapped[str | None] = mapped_column(String(64))
+    #: The device family read from the user agent at click time (``hotclicks.devices``): kept
+    #: when the user agent itself is not stored. None for clicks recorded before it was read.
+    device: Mapped[str | None] = mapped_column(String(10))
 
 
 class Open(Base):
@@ -463,3 +466,15 @@ class ReasonStats(Base):
     source: Mapped[str] = mapped_column(String(10), primary_key=True)  #: "click" or "open"
     reason: Mapped[str] = mapped_column(String(100), primary_key=True)
     events: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class DeviceStats(Base):
+    """Clicks on one tracked URL from one device family (``hotclicks.devices``; clicks recorded
+    before the family was read count as ``unknown``): the hot clicks filtered by device."""
+
+    __tablename__ = "hotclicks_device_stats"
+
+    tracked_url_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_tracked_url.id"), primary_key=True)
+    device: Mapped[str] = mapped_column(String(10), primary_key=True)
+    clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+    machine_clicks: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -6,7 +6,8 @@ No Flask here: the report views, the CLIs and the benchmark call these plain fun
 How the figures stay cheap at any size
 --------------------------------------
 The click path stays one lean insert. The aggregates (``LinkStats``, ``LinkClicker``,
-``MessageStats``, ``ExecutionStats``, ``VariantStats``, ``ClickBucket``) are brought up to date by
+``MessageStats``, ``ExecutionStats``, ``VariantStats``, ``ClickBucket``,
+``ReasonStats``, ``DeviceStats``) are brought up to date by
 :func:`roll_up`, which folds the clicks, opens and messages whose id is above a watermark, with a
 handful of set-based statements. A report then reads the aggregates of its execution's links
 *plus* the rows above the watermark (the "tail"), counted live through the primary key. So a
@@ -39,8 +40,10 @@ from typing import Any
 from sqlalchemy import BigInteger, Connection, bindparam, delete, select, text
 from sqlalchemy.orm import Session
 
+from .. import devices
 from .models import (
     ClickBucket,
+    DeviceStats,
     ExecutionStats,
     LinkClicker,
     LinkStats,
@@ -64,6 +67,8 @@ BATCH_ROWS = 500_000
 _SOURCES = ("message", "click", "open")
 _TABLES = {"message": "hotclicks_message", "click": "hotclicks_click", "open": "hotclicks_open"}
 _HUMAN = "SUM(CASE WHEN is_machine THEN 0 ELSE 1 END)"
+#: A click's device family; clicks recorded before the family was read are ``unknown``.
+DEVICE_SQL = f"COALESCE(device, '{devices.UNKNOWN}')"
 _MACHINE = "SUM(CASE WHEN is_machine THEN 1 ELSE 0 END)"
 
 
@@ -190,6 +195,19 @@ def _fold_clicks(session: Session, lo: int, hi: int) -> None:
                 keys="tracked_url_id, hour",
                 sets="clicks = hotclicks_click_bucket.clicks + excluded.clicks, "
                 "machine_clicks = hotclicks_click_bucket.machine_clicks + excluded.machine_clicks",
+            )
+        ),
+        span,
+    )
+    session.execute(
+        text(
+            "INSERT INTO hotclicks_device_stats (tracked_url_id, device, clicks, machine_clicks) "
+            f"SELECT tracked_url_id, {DEVICE_SQL}, {_HUMAN}, {_MACHINE} FROM hotclicks_click {where} "
+            f"GROUP BY tracked_url_id, {DEVICE_SQL} "
+            + on_conflict.format(
+                keys="tracked_url_id, device",
+                sets="clicks = hotclicks_device_stats.clicks + excluded.clicks, "
+                "machine_clicks = hotclicks_device_stats.machine_clicks + excluded.machine_clicks",
             )
         ),
         span,
@@ -370,8 +388,8 @@ def rebuild(session: Session) -> None:
     """
     session.info.pop("hotclicks_watermarks", None)
     session.execute(text("UPDATE hotclicks_rollup_state SET name = name"))
-    for model in (ClickBucket, LinkClicker, LinkStats, VariantStats, MessageStats, ExecutionStats, ReasonStats,
-                  RollupState):
+    for model in (ClickBucket, DeviceStats, LinkClicker, LinkStats, VariantStats, MessageStats, ExecutionStats,
+                  ReasonStats, RollupState):
         session.execute(delete(model))
 
 
@@ -390,6 +408,7 @@ class Rejudged:
     was_reason: str | None
     is_machine: bool
     reason: str | None
+    device: str | None = None
 
 
 def _hour(moment: dt.datetime) -> int:
@@ -428,7 +447,8 @@ def apply_rejudged(executor: Session | Connection, changes: Sequence[Rejudged]) 
         execution_id, variant_id = found
         people = -1 if change.is_machine and not change.was_machine else 1 if change.was_machine and not change.is_machine else 0
         keys = {"u": change.tracked_url_id, "m": change.message_id, "e": execution_id, "v": variant_id,
-                "h": _hour(change.clicked_at), "p": people, "x": -people}
+                "h": _hour(change.clicked_at), "p": people, "x": -people,
+                "d": change.device or devices.UNKNOWN}
         if people:
             # Distinct people's clickers change when a (link, message) or a message gains its
             # first people's click or loses its last.
@@ -453,6 +473,8 @@ def apply_rejudged(executor: Session | Connection, changes: Sequence[Rejudged]) 
                 "WHERE variant_id = :v",
                 "UPDATE hotclicks_click_bucket SET clicks = clicks + :p, machine_clicks = machine_clicks + :x "
                 "WHERE tracked_url_id = :u AND hour = :h",
+                "UPDATE hotclicks_device_stats SET clicks = clicks + :p, machine_clicks = machine_clicks + :x "
+                "WHERE tracked_url_id = :u AND device = :d",
             ):
                 run(text(statement), keys)
         if change.was_reason != change.reason:

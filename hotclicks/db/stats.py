@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from sqlalchemy import BigInteger, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from .. import bots, heat
+from .. import bots, devices, heat
 from .models import (
     Click,
     ClickBucket,
     ContentVariant,
     Delivery,
+    DeviceStats,
     Execution,
     ExecutionStats,
     LinkStats,
@@ -34,7 +35,7 @@ from .models import (
     TrackedUrl,
     VariantStats,
 )
-from .rollup import hour_expression, in_urls, ints, tail_text, url_executions, watermarks
+from .rollup import DEVICE_SQL, hour_expression, in_urls, ints, tail_text, url_executions, watermarks
 
 __all__ = [
     "ContentChoice",
@@ -43,6 +44,7 @@ __all__ = [
     "delivery_executions",
     "delivery_figures",
     "delivery_totals",
+    "device_figures",
     "execution_counts",
     "execution_figures",
     "execution_messages",
@@ -56,7 +58,11 @@ __all__ = [
 ]
 
 
-def _link_figures(session: Session, execution_id: int, before_hour: int | None = None) -> list[heat.LinkFigure]:
+def _link_figures(
+    session: Session, execution_id: int, before_hour: int | None = None, device: str | None = None
+) -> list[heat.LinkFigure]:
+    if device is not None:
+        return _device_link_figures(session, execution_id, device)
     if before_hour is not None:
         return _window_figures(session, execution_id, before_hour)
     urls = session.execute(
@@ -139,6 +145,57 @@ def _window_figures(session: Session, execution_id: int, before_hour: int) -> li
     return list(figures.values())
 
 
+def _device_counts(session: Session, execution_ids: Sequence[int]) -> dict[tuple[int, str], list[int]]:
+    """People's and machines' clicks per (tracked URL, device family) of ``execution_ids``:
+    ``DeviceStats`` plus the tail."""
+    urls = url_executions(session, execution_ids)
+    counts: dict[tuple[int, str], list[int]] = {}
+    if not urls:
+        return counts
+    rows = session.execute(
+        select(DeviceStats.tracked_url_id, DeviceStats.device, DeviceStats.clicks, DeviceStats.machine_clicks)
+        .where(DeviceStats.tracked_url_id.in_(list(urls)))
+    ).all()
+    rows += session.execute(
+        tail_text(
+            f"SELECT +c.tracked_url_id, {DEVICE_SQL.replace('device', 'c.device')}, "
+            "SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END), SUM(CASE WHEN c.is_machine THEN 1 ELSE 0 END) "
+            f"FROM hotclicks_click c WHERE c.id > :w AND {in_urls(session, execution_ids)} "
+            "GROUP BY +c.tracked_url_id, c.device"
+        ),
+        {"w": watermarks(session)["click"]},
+    ).all()
+    for u, device, h, x in rows:
+        entry = counts.setdefault((u, device), [0, 0])
+        entry[0] += int(h)
+        entry[1] += int(x)
+    return counts
+
+
+def _device_link_figures(session: Session, execution_id: int, device: str) -> list[heat.LinkFigure]:
+    """Each link's clicks from one device family: the device aggregates keep clicks, not
+    clickers, so a device filter has no unique clickers."""
+    figures = _content_links(session, execution_id)
+    for (u, family), (h, x) in _device_counts(session, [execution_id]).items():
+        if family == device and u in figures:
+            figures[u].clicks += h
+            figures[u].machine_clicks += x
+    return list(figures.values())
+
+
+def device_figures(session: Session, execution_ids: Sequence[int]) -> dict[int, dict[str, tuple[int, int]]]:
+    """Each execution's people's and machines' clicks per device family (every family of
+    :data:`hotclicks.devices.FAMILIES`, in its order), from ``DeviceStats`` plus the tail."""
+    ids = list(execution_ids)
+    found = {e: {family: [0, 0] for family in devices.FAMILIES} for e in ids}
+    urls = url_executions(session, ids)
+    for (u, family), (h, x) in _device_counts(session, ids).items():
+        entry = found[urls[u]].setdefault(family, [0, 0])
+        entry[0] += h
+        entry[1] += x
+    return {e: {family: (h, x) for family, (h, x) in families.items()} for e, families in found.items()}
+
+
 def hot_clicks_report(
     session: Session,
     execution: Execution,
@@ -147,6 +204,7 @@ def hot_clicks_report(
     measure: str = "clicks",
     variants: bool = True,
     within: str | None = None,
+    device: str | None = None,
 ) -> heat.HotClicksReport:
     """Each link of ``execution`` with its share of the execution's clicks (or unique clickers).
 
@@ -159,6 +217,10 @@ def hot_clicks_report(
     ``within`` (a key of :data:`heat.WINDOWS`) counts only the clicks of that long after the
     execution's first message, from the hourly buckets (see :func:`heat.window_end_hour` for the
     rounding); the measure is then clicks: the buckets keep no clickers.
+
+    ``device`` (one of :data:`hotclicks.devices.FAMILIES`) counts only that family's clicks, each
+    link's share of them, from the device aggregates; the measure is then clicks too, and a time
+    window cannot be combined with it (the device aggregates keep no hours).
     """
     if measure not in heat.MEASURES:
         raise ValueError("measure is 'clicks' or 'unique'")
@@ -167,7 +229,13 @@ def hot_clicks_report(
         if within not in heat.WINDOWS:
             raise ValueError(f"within is one of {', '.join(heat.WINDOWS)}")
         before, measure = heat.window_end_hour(execution.started_at, within), "clicks"
-    report = heat.hot_clicks(execution, _link_figures(session, execution.id, before),
+    if device is not None:
+        if device not in devices.FAMILIES:
+            raise ValueError(f"device is one of {', '.join(devices.FAMILIES)}")
+        if within is not None:
+            raise ValueError("a device filter and a time window do not combine")
+        measure = "clicks"
+    report = heat.hot_clicks(execution, _link_figures(session, execution.id, before, device),
                              include_machine=include_machine, measure=measure)
     if variants:
         _variant_shares(session, report)
