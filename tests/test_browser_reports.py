@@ -284,6 +284,25 @@ def test_the_time_filter_shows_the_shares_within_the_first_hours(live, page, ses
     assert page.errors == []  # type: ignore[attr-defined]
 
 
+def test_the_device_filter_shows_the_shares_of_one_device_familys_clicks(live, page, sessions):
+    from .test_reports_devices import seed_devices
+
+    seed_devices(sessions)
+    page.goto(f"{live.url}/hotclicks/deliveries/spring-news")
+    page.locator("#devices a", has_text="mobile").click()
+    expect(page.locator("#hc-device a[data-hc-device='mobile']")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#hc-device-note")).to_contain_text("mobile device")
+    expect(page.locator("#hc-legend")).to_contain_text("100% = 4 clicks")
+    assert _badges(page) == ["75%", "0%", "25%", "not tracked", "0%"]
+    page.locator("#hc-device a[data-hc-device='tablet']").click()
+    expect(page.locator("#hc-legend")).to_contain_text("100% = 1 clicks")
+    page.locator("#toggle-counts").click()  # counts instead of shares, the family kept
+    expect(page.locator("#hc-device a[data-hc-device='tablet']")).to_have_attribute("aria-pressed", "true")
+    page.locator("#hc-within a[data-hc-within='6h']").click()  # a time window leaves the family
+    expect(page.locator("#hc-device a", has_text="any device")).to_have_attribute("aria-pressed", "true")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
 def test_the_message_is_shown_at_its_full_height_without_an_inner_scroll_bar(live, page, sessions):
     seeded = seed(sessions)
     page.goto(f"{live.url}/hotclicks/deliveries/spring-news/hot-clicks?profile={seeded.marc}")
