@@ -342,12 +342,18 @@ def _delivery_data(session: Session, code: str) -> dict[str, Any]:
         "hours_to_50": None,
         "hours_to_90": None,
         "devices": [],
+        "domains": [],
     }
     if execution is not None:
         current = next(row for row in data["executions"] if row["execution"] == execution.id)
         data["machine_share"] = _machine_share(current, stats.reason_figures(session, [execution.id])[execution.id])
         data["urls"] = _urls(session, execution, machine)
         data["devices"] = _device_rows(stats.device_figures(session, [execution.id])[execution.id], machine)
+        data["domains"] = [
+            {"domain": name, "sent": f.sent, "delivered": f.delivered, "opened": f.openers, "clicked": f.clickers,
+             "click_rate": f.click_rate}
+            for name, f in stats.domain_figures(session, execution)
+        ]
         stream = stats.click_stream(session, execution, include_machine=machine)
         data["click_stream"] = [{"hour": h.isoformat(), "clicks": n} for h, n in stream]
         curve = heat.cumulative_shares(stream, execution.started_at)

@@ -11,7 +11,13 @@ from sqlalchemy import select
 
 from flask_hotclicks import HotClicks
 from hotclicks.db.models import Click, Delivery, Open
-from hotclicks.db.stats import delivery_executions, delivery_figures, device_figures, hot_clicks_report
+from hotclicks.db.stats import (
+    delivery_executions,
+    delivery_figures,
+    device_figures,
+    domain_figures,
+    hot_clicks_report,
+)
 
 from .conftest import SECRET_KEY
 from .flask_seed import send
@@ -206,14 +212,15 @@ def test_a_click_judged_again_moves_every_figure(bot_app, sessions):
             report = hot_clicks_report(session, delivery_executions(session, delivery)[0], variants=False)
             (stats,) = delivery_figures(session, "spring-news")
             desktop = device_figures(session, [stats.execution.id])[stats.execution.id]["desktop"]
+            domain_clickers = sum(f.clickers for _, f in domain_figures(session, stats.execution))
             return ([line.shown_clicks for line in report.links], stats.clicks, stats.clickers, stats.machine_clicks,
-                    desktop)
+                    desktop, domain_clickers)
 
-    assert figures() == ([1, 0, 0], 1, 1, 0, (1, 0))
+    assert figures() == ([1, 0, 0], 1, 1, 0, (1, 0), 1)
     client.get(sent.trap(), headers=BROWSER)
     assert recorded(sessions) == [(True, "trap-burst"), (True, "trap-link")]
     judged_again = figures()
-    assert judged_again == ([0, 0, 0], 0, 0, 2, (0, 2))
+    assert judged_again == ([0, 0, 0], 0, 0, 2, (0, 2), 0)
     with sessions.begin() as session:
         rollup.roll_up(session, settle=0)
     assert figures() == judged_again

@@ -10,10 +10,10 @@ from bs4 import BeautifulSoup
 from sqlalchemy import func, select
 
 from hotclicks import bots
-from hotclicks.db import rollup
+from hotclicks.db import rollup, stats
 from hotclicks.db.events import ClickEvent, record_clicks
 from hotclicks.db.journal import _decode, _encode
-from hotclicks.db.models import Click, Message, RollupState
+from hotclicks.db.models import Click, Execution, Message, MessageStatus, Recipient, RollupState
 
 from .test_reports import LATEST_PERCENT, T0, seed
 
@@ -114,3 +114,48 @@ def test_the_journal_keeps_a_clicks_device_and_reads_the_lines_of_older_versions
     assert _decode(_encode(event)) == event
     old = b'{"k":"c","u":9,"m":7,"t":"2026-03-02T09:00:00+00:00","a":null,"i":null,"r":null}\n'
     assert _decode(old).device is None  # read again from its stored agent when recorded
+
+
+def seed_domains(sessions):
+    """The device seed, plus in the latest execution a Gmail-like domain (one message delivered
+    and clicked, one suppressed) and a domain whose only message failed."""
+    seeded = seed_devices(sessions)
+    at = T0 + dt.timedelta(days=7)
+    with sessions.begin() as session:
+        made = {}
+        for address, status in (("Ann@Mail.Example.COM", MessageStatus.SENT),
+                                ("bob@mail.example.com", MessageStatus.SUPPRESSED),
+                                ("cy@b.example", MessageStatus.FAILED)):
+            recipient = Recipient(address=address, created_at=at)
+            session.add(recipient)
+            session.flush()
+            message = Message(execution_id=seeded.latest, recipient_id=recipient.id, status=status,
+                              created_at=at, sent_at=at)
+            session.add(message)
+            session.flush()
+            made[address] = message.id
+        rules = bots.BotRules(delivery_seconds=0, burst_seconds=0)
+        url = seeded.urls[(seeded.latest, BLOG)]
+        assert all(record_clicks(session, [ClickEvent(made["Ann@Mail.Example.COM"], url, at + dt.timedelta(hours=9),
+                                                      IPHONE, None)] * 2, rules))
+    return seeded
+
+
+@pytest.mark.parametrize("how", ["live", "folded", "half"])
+def test_the_delivery_lists_its_top_recipient_domains(client, sessions, how):
+    seed_domains(sessions)
+    fold(sessions, how)
+    data = client.get("/hotclicks/api/deliveries/spring-news").get_json()
+    assert data["domains"] == [
+        {"domain": "example.org", "sent": 13, "delivered": 12, "opened": 6, "clicked": 8, "click_rate": 66.67},
+        {"domain": "b.example", "sent": 1, "delivered": 0, "opened": 0, "clicked": 0, "click_rate": 0.0},
+        {"domain": "mail.example.com", "sent": 1, "delivered": 1, "opened": 0, "clicked": 1, "click_rate": 100.0},
+    ]
+    latest = data["executions"][0]  # the domains add up to the execution's own figures
+    assert (latest["sent"], latest["delivered"], latest["unique_openers"], latest["unique_clickers"]) == (15, 13, 6, 9)
+    page = BeautifulSoup(client.get("/hotclicks/deliveries/spring-news").data, "html.parser")
+    rows = [[td.get_text(strip=True) for td in tr.find_all("td")] for tr in page.find("table", id="domains").tbody("tr")]
+    assert rows[0] == ["example.org", "13", "12", "6", "8", "66.67%"]
+    with sessions() as session:
+        execution = session.get(Execution, data["execution"]["id"])
+        assert [name for name, _ in stats.domain_figures(session, execution, limit=2)] == ["example.org", "b.example"]

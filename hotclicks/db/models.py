@@ -478,3 +478,17 @@ class DeviceStats(Base):
     device: Mapped[str] = mapped_column(String(10), primary_key=True)
     clicks: Mapped[int] = mapped_column(BigInteger, default=0)
     machine_clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class DomainStats(Base):
+    """One execution's folded figures per recipient domain (the part of the address after its
+    ``@``): messages handed to the relay (suppressed ones aside), people's openers and clickers.
+    Statuses change after the fact, so the delivered are counted from the broad log."""
+
+    __tablename__ = "hotclicks_domain_stats"
+
+    execution_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_execution.id"), primary_key=True)
+    domain: Mapped[str] = mapped_column(String(320), primary_key=True)
+    messages: Mapped[int] = mapped_column(BigInteger, default=0)
+    openers: Mapped[int] = mapped_column(BigInteger, default=0)
+    clickers: Mapped[int] = mapped_column(BigInteger, default=0)

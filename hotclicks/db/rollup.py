@@ -44,10 +44,12 @@ from .. import devices
 from .models import (
     ClickBucket,
     DeviceStats,
+    DomainStats,
     ExecutionStats,
     LinkClicker,
     LinkStats,
     MessageStats,
+    MessageStatus,
     ReasonStats,
     RollupState,
     TrackedUrl,
@@ -86,6 +88,25 @@ def hour_expression(dialect: str) -> str:
     return "CAST(strftime('%s', clicked_at) AS INTEGER) / 3600"
 
 
+def domain_expression(dialect: str, address: str = "r.address") -> str:
+    """The domain of a recipient's ``address`` in SQL: what follows its first ``@``, lower-cased."""
+    find = "strpos" if dialect == "postgresql" else "instr"
+    return f"LOWER(SUBSTR({address}, {find}({address}, '@') + 1))"
+
+
+def domain_join(session: Session, message: str = "g") -> tuple[str, str]:
+    """The join from a message ``g`` to its recipient, and its domain's expression."""
+    return (f" JOIN hotclicks_recipient r ON r.id = {message}.recipient_id",
+            domain_expression(session.get_bind().dialect.name))
+
+
+def _add_domains(session: Session, rows: Iterable[tuple[int, str, int]], column: str) -> None:
+    """Add each (execution, domain, n) of ``rows`` to ``DomainStats``' ``column``."""
+    values = [{"execution_id": e, "domain": d, "messages": 0, "openers": 0, "clickers": 0, column: n}
+              for e, d, n in rows if n]
+    upsert(session, DomainStats.__table__, values, ["execution_id", "domain"], add=[column])
+
+
 def _fold_messages(session: Session, lo: int, hi: int) -> None:
     rows = ints(session.execute(
         text(
@@ -104,6 +125,14 @@ def _fold_messages(session: Session, lo: int, hi: int) -> None:
     upsert(session, ExecutionStats.__table__, [_execution_row(e, messages=n) for e, n in per_execution.items()],
            ["execution_id"], add=["messages"])
     upsert(session, VariantStats.__table__, variants, ["variant_id"], add=["messages"])
+    join, domain = domain_join(session)
+    _add_domains(session, ints(session.execute(
+        text(
+            f"SELECT g.execution_id, {domain}, SUM(CASE WHEN g.status = :suppressed THEN 0 ELSE 1 END) "
+            f"FROM hotclicks_message g{join} WHERE g.id > :lo AND g.id <= :hi GROUP BY g.execution_id, {domain}"
+        ),
+        {"lo": lo, "hi": hi, "suppressed": MessageStatus.SUPPRESSED.value},
+    ).all()), "messages")
 
 
 def _execution_row(execution_id: int, **values: int) -> dict[str, Any]:
@@ -152,6 +181,18 @@ def _fold_clicks(session: Session, lo: int, hi: int) -> None:
             "FROM b JOIN hotclicks_message g ON g.id = b.m "
             "LEFT JOIN hotclicks_message_stats s ON s.message_id = b.m "
             "GROUP BY g.execution_id, g.variant_id"
+        ),
+        span,
+    ).all())
+    # Which domains gain a people's clicker: messages whose first people's click is in the batch.
+    join, domain = domain_join(session)
+    new_clickers = ints(session.execute(
+        text(
+            f"WITH b AS (SELECT message_id AS m FROM hotclicks_click {where} AND message_id IS NOT NULL "
+            "AND NOT is_machine GROUP BY message_id) "
+            f"SELECT g.execution_id, {domain}, COUNT(*) FROM b JOIN hotclicks_message g ON g.id = b.m{join} "
+            "LEFT JOIN hotclicks_message_stats s ON s.message_id = b.m WHERE COALESCE(s.clicks, 0) = 0 "
+            f"GROUP BY g.execution_id, {domain}"
         ),
         span,
     ).all())
@@ -238,6 +279,7 @@ def _fold_clicks(session: Session, lo: int, hi: int) -> None:
     upsert(session, ExecutionStats.__table__, [_execution_row(e, **values) for e, values in executions.items()],
            ["execution_id"], add=_EXECUTION_COUNTERS)
     upsert(session, VariantStats.__table__, variants, ["variant_id"], add=["clicks", "machine_clicks"])
+    _add_domains(session, new_clickers, "clickers")
     _fold_reasons(
         session,
         "SELECT t.execution_id, 'click', c.machine_reason, COUNT(*) FROM hotclicks_click c "
@@ -262,6 +304,17 @@ def _fold_reasons(session: Session, select_sql: str, span: dict[str, int]) -> No
 
 def _fold_opens(session: Session, lo: int, hi: int) -> None:
     span = {"lo": lo, "hi": hi}
+    join, domain = domain_join(session)
+    new_openers = ints(session.execute(
+        text(
+            "WITH b AS (SELECT message_id AS m FROM hotclicks_open WHERE id > :lo AND id <= :hi AND NOT is_machine "
+            f"GROUP BY message_id) SELECT g.execution_id, {domain}, COUNT(*) FROM b "
+            f"JOIN hotclicks_message g ON g.id = b.m{join} LEFT JOIN hotclicks_message_stats s ON s.message_id = b.m "
+            f"WHERE COALESCE(s.opens, 0) = 0 GROUP BY g.execution_id, {domain}"
+        ),
+        span,
+    ).all())
+    _add_domains(session, new_openers, "openers")
     rows = ints(session.execute(
         text(
             f"WITH b AS (SELECT message_id AS m, {_HUMAN} AS h, {_MACHINE} AS x FROM hotclicks_open "
@@ -388,7 +441,7 @@ def rebuild(session: Session) -> None:
     """
     session.info.pop("hotclicks_watermarks", None)
     session.execute(text("UPDATE hotclicks_rollup_state SET name = name"))
-    for model in (ClickBucket, DeviceStats, LinkClicker, LinkStats, VariantStats, MessageStats, ExecutionStats,
+    for model in (ClickBucket, DeviceStats, DomainStats, LinkClicker, LinkStats, VariantStats, MessageStats, ExecutionStats,
                   ReasonStats, RollupState):
         session.execute(delete(model))
 
@@ -432,23 +485,24 @@ def apply_rejudged(executor: Session | Connection, changes: Sequence[Rejudged]) 
     run = executor.execute
     run(text("UPDATE hotclicks_rollup_state SET name = name WHERE name = 'click'"))
     mark = executor.scalar(text("SELECT watermark FROM hotclicks_rollup_state WHERE name = 'click'")) or 0
+    domain = domain_expression(executor.dialect.name if isinstance(executor, Connection) else executor.get_bind().dialect.name)
     for change in changes:
         if change.click_id > mark:
             continue
         found = run(
             text(
-                "SELECT t.execution_id, g.variant_id FROM hotclicks_tracked_url t, hotclicks_message g "
-                "WHERE t.id = :u AND g.id = :m"
+                f"SELECT t.execution_id, g.variant_id, {domain} FROM hotclicks_tracked_url t, hotclicks_message g "
+                "JOIN hotclicks_recipient r ON r.id = g.recipient_id WHERE t.id = :u AND g.id = :m"
             ),
             {"u": change.tracked_url_id, "m": change.message_id},
         ).first()
         if found is None:
             continue
-        execution_id, variant_id = found
+        execution_id, variant_id, domain_name = found
         people = -1 if change.is_machine and not change.was_machine else 1 if change.was_machine and not change.is_machine else 0
         keys = {"u": change.tracked_url_id, "m": change.message_id, "e": execution_id, "v": variant_id,
                 "h": _hour(change.clicked_at), "p": people, "x": -people,
-                "d": change.device or devices.UNKNOWN}
+                "d": change.device or devices.UNKNOWN, "dn": domain_name}
         if people:
             # Distinct people's clickers change when a (link, message) or a message gains its
             # first people's click or loses its last.
@@ -475,6 +529,7 @@ def apply_rejudged(executor: Session | Connection, changes: Sequence[Rejudged]) 
                 "WHERE tracked_url_id = :u AND hour = :h",
                 "UPDATE hotclicks_device_stats SET clicks = clicks + :p, machine_clicks = machine_clicks + :x "
                 "WHERE tracked_url_id = :u AND device = :d",
+                "UPDATE hotclicks_domain_stats SET clickers = clickers + :mc WHERE execution_id = :e AND domain = :dn",
             ):
                 run(text(statement), keys)
         if change.was_reason != change.reason:

@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, case, func, literal, or_, select
+from sqlalchemy import BigInteger, case, func, literal, or_, select, text
 from sqlalchemy.orm import Session
 
 from .. import bots, devices, heat
@@ -21,6 +21,7 @@ from .models import (
     ContentVariant,
     Delivery,
     DeviceStats,
+    DomainStats,
     Execution,
     ExecutionStats,
     LinkStats,
@@ -35,7 +36,7 @@ from .models import (
     TrackedUrl,
     VariantStats,
 )
-from .rollup import DEVICE_SQL, hour_expression, in_urls, ints, tail_text, url_executions, watermarks
+from .rollup import DEVICE_SQL, domain_join, hour_expression, in_urls, ints, tail_text, url_executions, watermarks
 
 __all__ = [
     "ContentChoice",
@@ -45,6 +46,7 @@ __all__ = [
     "delivery_figures",
     "delivery_totals",
     "device_figures",
+    "domain_figures",
     "execution_counts",
     "execution_figures",
     "execution_messages",
@@ -443,6 +445,67 @@ def execution_figures(session: Session, executions: Sequence[Execution]) -> dict
         figures[execution_id].opens += int(opens)
         figures[execution_id].openers += int(new_openers)
     return figures
+
+
+#: Recipient domains the delivery page lists.
+TOP_DOMAINS = 10
+
+
+def domain_figures(session: Session, execution: Execution, *, limit: int = TOP_DOMAINS) -> list[tuple[str, heat.ExecutionFigures]]:
+    """The execution's ``limit`` recipient domains with the most messages, each with its sent,
+    delivered, unique openers and clickers (people's) and click rate.
+
+    Sent, openers and clickers are ``DomainStats`` plus the tail; the delivered are counted from
+    the broad log, as the execution's own are (statuses change after the fact), for those domains.
+    """
+    marks = watermarks(session)
+    join, domain = domain_join(session)
+    found: dict[str, heat.ExecutionFigures] = {}
+
+    def figures(name: str) -> heat.ExecutionFigures:
+        return found.setdefault(name, heat.ExecutionFigures(execution))
+
+    for row in session.scalars(select(DomainStats).where(DomainStats.execution_id == execution.id)):
+        f = figures(row.domain)
+        f.sent, f.openers, f.clickers = row.messages, row.openers, row.clickers
+    params = {"e": execution.id, "suppressed": MessageStatus.SUPPRESSED.value}
+    for name, n in session.execute(
+        tail_text(
+            f"SELECT {domain}, COUNT(*) FROM hotclicks_message g{join} WHERE g.id > :w "
+            f"AND g.execution_id + 0 = :e AND g.status <> :suppressed GROUP BY {domain}"
+        ),
+        {**params, "w": marks["message"]},
+    ):
+        figures(name).sent += int(n)
+    new_people = (
+        "SELECT {domain}, COUNT(*) FROM (SELECT +{m}.message_id AS m FROM {table} {m} WHERE {m}.id > :w AND NOT {m}.is_machine"
+        "{urls} GROUP BY +{m}.message_id) b JOIN hotclicks_message g ON g.id = b.m{join} "
+        "LEFT JOIN hotclicks_message_stats s ON s.message_id = b.m "
+        "WHERE g.execution_id = :e AND COALESCE(s.{counter}, 0) = 0 GROUP BY {domain}"
+    )
+    for table, m, counter, attribute, urls in (
+        ("hotclicks_click", "c", "clicks", "clickers", f" AND {in_urls(session, [execution.id])}"),
+        ("hotclicks_open", "o", "opens", "openers", ""),
+    ):
+        for name, n in session.execute(
+            tail_text(new_people.format(domain=domain, m=m, table=table, urls=urls, join=join, counter=counter)),
+            {"e": execution.id, "w": marks["click" if m == "c" else "open"]},
+        ):
+            f = figures(name)
+            setattr(f, attribute, getattr(f, attribute) + int(n))
+    top = sorted(found.items(), key=lambda item: (-item[1].sent, item[0]))[:limit]
+    if top:
+        wanted = {name for name, _ in top}
+        for name, n in session.execute(
+            text(
+                f"SELECT {domain}, COUNT(*) FROM hotclicks_message g{join} "
+                f"WHERE g.execution_id = :e AND g.status = :sent GROUP BY {domain}"
+            ),
+            {"e": execution.id, "sent": MessageStatus.SENT.value},
+        ):
+            if name in wanted:
+                found[name].delivered = int(n)
+    return top
 
 
 def execution_counts(session: Session, executions: Sequence[Execution], *, include_machine: bool = False) -> dict[int, tuple[int, int]]:

@@ -1,4 +1,5 @@
-"""the device family of each click, and clicks per tracked URL and device family
+"""the device family of each click, clicks per tracked URL and device family, figures per
+recipient domain
 
 Revision ID: 0005
 Revises: 0004
@@ -35,9 +36,32 @@ def upgrade() -> None:
         "SELECT tracked_url_id, 'unknown', clicks, machine_clicks FROM hotclicks_link_stats "
         "WHERE clicks + machine_clicks > 0"
     )
+    op.create_table('hotclicks_domain_stats',
+    sa.Column('execution_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('domain', sa.String(length=320), nullable=False),
+    sa.Column('messages', sa.BigInteger(), nullable=False),
+    sa.Column('openers', sa.BigInteger(), nullable=False),
+    sa.Column('clickers', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['execution_id'], ['hotclicks_execution.id'], name=op.f('fk_hotclicks_domain_stats_execution_id_hotclicks_execution')),
+    sa.PrimaryKeyConstraint('execution_id', 'domain', name=op.f('pk_hotclicks_domain_stats'))
+    )
+    # The messages folded already, and the openers and clickers of the folded opens and clicks.
+    find = "strpos" if op.get_bind().dialect.name == "postgresql" else "instr"
+    domain = f"LOWER(SUBSTR(r.address, {find}(r.address, '@') + 1))"
+    op.execute(
+        "INSERT INTO hotclicks_domain_stats (execution_id, domain, messages, openers, clickers) "
+        f"SELECT g.execution_id, {domain}, "
+        "SUM(CASE WHEN g.status <> 'suppressed' AND g.id <= COALESCE("
+        "(SELECT watermark FROM hotclicks_rollup_state WHERE name = 'message'), 0) THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN s.opens > 0 THEN 1 ELSE 0 END), SUM(CASE WHEN s.clicks > 0 THEN 1 ELSE 0 END) "
+        "FROM hotclicks_message g JOIN hotclicks_recipient r ON r.id = g.recipient_id "
+        "LEFT JOIN hotclicks_message_stats s ON s.message_id = g.id "
+        f"GROUP BY g.execution_id, {domain}"
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('hotclicks_domain_stats')
     op.drop_table('hotclicks_device_stats')
     with op.batch_alter_table('hotclicks_click') as batch:
         batch.drop_column('device')
