@@ -12,7 +12,9 @@ the clicks of its last minute, so the reports also count a live tail. The Flask 
 - ``page``: the hot clicks page plus its email frame (the two requests a browser makes);
 - ``compare``, ``within=24h``: the same with two executions compared (here the execution with
   itself: two reports) and with a time window (the hourly buckets);
-- ``delivery+curve``: the delivery page (URLs, click stream, cumulative curve).
+- ``device=mobile``: the same filtered by a device family (the device aggregates);
+- ``delivery``: the delivery page (URLs, click stream, cumulative curve, clicks by device family,
+  top recipient domains).
 
 Median milliseconds per request. Prints, per database, a line like
 ``RESULT report ours=<page ms at the largest size> ref=<page ms at the smallest> ratio=... ...``
@@ -118,7 +120,8 @@ def _seed_base(engine: Engine, messages: int) -> tuple[int, int, int, int]:
 
 
 def _add_clicks(engine: Engine, start: int, n: int, first_url: int, urls: int, first_message: int, messages: int) -> None:
-    """Clicks ``start`` to ``start + n - 1``: uneven over the links, 5 % by machines, 10 per second."""
+    """Clicks ``start`` to ``start + n - 1``: uneven over the links, 5 % by machines, 10 per second,
+    from phones, desktops and tablets in turn."""
     pg = engine.dialect.name == "postgresql"
     if pg:
         series = "generate_series(CAST(:lo AS BIGINT), CAST(:hi AS BIGINT)) AS s(g)"
@@ -128,6 +131,7 @@ def _add_clicks(engine: Engine, start: int, n: int, first_url: int, urls: int, f
         series = "(WITH RECURSIVE s(g) AS (SELECT :lo UNION ALL SELECT g + 1 FROM s WHERE g < :hi) SELECT g FROM s) AS s"
         at = "strftime('%Y-%m-%d %H:%M:%f', '2026-01-05 09:00:00', '+' || (g / 10) || ' seconds')"
         machine = "(g % 20 = 0)"
+    device = "CASE g % 3 WHEN 0 THEN 'mobile' WHEN 1 THEN 'desktop' ELSE 'tablet' END"
     step = 1_000_000
     with engine.begin() as connection:
         lo = start
@@ -135,9 +139,9 @@ def _add_clicks(engine: Engine, start: int, n: int, first_url: int, urls: int, f
             hi = min(start + n - 1, lo + step - 1)
             connection.execute(
                 text(
-                    "INSERT INTO hotclicks_click (message_id, tracked_url_id, clicked_at, user_agent, ip, is_machine) "
+                    "INSERT INTO hotclicks_click (message_id, tracked_url_id, clicked_at, user_agent, ip, is_machine, device) "
                     f"SELECT :m + (g * 7919) % :messages, :u + ((g % 1000) * (g % 1000)) % :urls, {at}, "
-                    f"'Mozilla/5.0', NULL, {machine} FROM {series}"
+                    f"'Mozilla/5.0', NULL, {machine}, {device} FROM {series}"
                 ),
                 {"lo": lo, "hi": hi, "m": first_message, "messages": messages, "u": first_url, "urls": urls},
             )
@@ -205,11 +209,13 @@ def run(url: str, sizes: list[int], messages: int, tail: int, repeat: int, label
                          # one execution here: compared with itself, the cost of two reports
                          "compare": _median_ms(view_call(f"compare={execution_id}"), repeat),
                          "within": _median_ms(view_call("within=24h"), repeat),
+                         "device": _median_ms(view_call("device=mobile"), repeat),
                          "delivery": _median_ms(delivery_call, repeat),
                          "seed_s": seeded, "fold_s": folded}
         print(f"{label} {size:>9} clicks: json {results[size]['json']:.1f} ms, page+frame {results[size]['page']:.1f} ms,"
               f" compare {results[size]['compare']:.1f} ms, within=24h {results[size]['within']:.1f} ms,"
-              f" delivery+curve {results[size]['delivery']:.1f} ms"
+              f" device=mobile {results[size]['device']:.1f} ms,"
+              f" delivery (curve, devices, domains) {results[size]['delivery']:.1f} ms"
               f" (seeded in {seeded:.1f} s, folded in {folded:.1f} s)", flush=True)
     app.extensions["hotclicks"].engine.dispose()
     engine.dispose()

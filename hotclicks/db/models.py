@@ -220,6 +220,9 @@ class Message(Base):
     """What one recipient was sent in one execution: a line of the broad log."""
 
     __tablename__ = "hotclicks_message"
+    #: The messages of an execution not (yet) accepted, found without reading the accepted ones
+    #: (the delivered per recipient domain).
+    __table_args__ = (Index("ix_hotclicks_message_execution_id_status", "execution_id", "status"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     execution_id: Mapped[int] = mapped_column(ForeignKey("hotclicks_execution.id"), index=True)
@@ -483,7 +486,7 @@ class DeviceStats(Base):
 class DomainStats(Base):
     """One execution's folded figures per recipient domain (the part of the address after its
     ``@``): messages handed to the relay (suppressed ones aside), people's openers and clickers.
-    Statuses change after the fact, so the delivered are counted from the broad log."""
+    Statuses change after the fact: the delivered are read through the (execution, status) index."""
 
     __tablename__ = "hotclicks_domain_stats"
 

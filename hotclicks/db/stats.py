@@ -455,8 +455,8 @@ def domain_figures(session: Session, execution: Execution, *, limit: int = TOP_D
     """The execution's ``limit`` recipient domains with the most messages, each with its sent,
     delivered, unique openers and clickers (people's) and click rate.
 
-    Sent, openers and clickers are ``DomainStats`` plus the tail; the delivered are counted from
-    the broad log, as the execution's own are (statuses change after the fact), for those domains.
+    Sent, openers and clickers are ``DomainStats`` plus the tail. Statuses change after the fact,
+    so the delivered are the sent less the messages of the broad log not (yet) accepted.
     """
     marks = watermarks(session)
     join, domain = domain_join(session)
@@ -468,13 +468,12 @@ def domain_figures(session: Session, execution: Execution, *, limit: int = TOP_D
     for row in session.scalars(select(DomainStats).where(DomainStats.execution_id == execution.id)):
         f = figures(row.domain)
         f.sent, f.openers, f.clickers = row.messages, row.openers, row.clickers
-    params = {"e": execution.id, "suppressed": MessageStatus.SUPPRESSED.value}
     for name, n in session.execute(
         tail_text(
             f"SELECT {domain}, COUNT(*) FROM hotclicks_message g{join} WHERE g.id > :w "
             f"AND g.execution_id + 0 = :e AND g.status <> :suppressed GROUP BY {domain}"
         ),
-        {**params, "w": marks["message"]},
+        {"e": execution.id, "suppressed": MessageStatus.SUPPRESSED.value, "w": marks["message"]},
     ):
         figures(name).sent += int(n)
     new_people = (
@@ -493,18 +492,19 @@ def domain_figures(session: Session, execution: Execution, *, limit: int = TOP_D
         ):
             f = figures(name)
             setattr(f, attribute, getattr(f, attribute) + int(n))
+    # Delivered: the sent less those not (yet) accepted, few once sending is done, found through
+    # the (execution, status) index without reading the accepted ones.
+    waiting = [m.value for m in MessageStatus if m not in (MessageStatus.SENT, MessageStatus.SUPPRESSED)]
+    undelivered = dict(session.execute(
+        text(
+            f"SELECT {domain}, COUNT(*) FROM hotclicks_message g{join} "
+            f"WHERE g.execution_id = :e AND g.status IN ({', '.join(repr(w) for w in waiting)}) GROUP BY {domain}"
+        ),
+        {"e": execution.id},
+    ).all())
+    for name, f in found.items():
+        f.delivered = f.sent - int(undelivered.get(name, 0))
     top = sorted(found.items(), key=lambda item: (-item[1].sent, item[0]))[:limit]
-    if top:
-        wanted = {name for name, _ in top}
-        for name, n in session.execute(
-            text(
-                f"SELECT {domain}, COUNT(*) FROM hotclicks_message g{join} "
-                f"WHERE g.execution_id = :e AND g.status = :sent GROUP BY {domain}"
-            ),
-            {"e": execution.id, "sent": MessageStatus.SENT.value},
-        ):
-            if name in wanted:
-                found[name].delivered = int(n)
     return top
 
 

@@ -45,6 +45,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['execution_id'], ['hotclicks_execution.id'], name=op.f('fk_hotclicks_domain_stats_execution_id_hotclicks_execution')),
     sa.PrimaryKeyConstraint('execution_id', 'domain', name=op.f('pk_hotclicks_domain_stats'))
     )
+    op.create_index('ix_hotclicks_message_execution_id_status', 'hotclicks_message', ['execution_id', 'status'], unique=False)
     # The messages folded already, and the openers and clickers of the folded opens and clicks.
     find = "strpos" if op.get_bind().dialect.name == "postgresql" else "instr"
     domain = f"LOWER(SUBSTR(r.address, {find}(r.address, '@') + 1))"
@@ -62,6 +63,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('hotclicks_domain_stats')
+    op.drop_index('ix_hotclicks_message_execution_id_status', table_name='hotclicks_message')
     op.drop_table('hotclicks_device_stats')
     with op.batch_alter_table('hotclicks_click') as batch:
         batch.drop_column('device')
