@@ -159,3 +159,22 @@ def test_the_delivery_lists_its_top_recipient_domains(client, sessions, how):
     with sessions() as session:
         execution = session.get(Execution, data["execution"]["id"])
         assert [name for name, _ in stats.domain_figures(session, execution, limit=2)] == ["example.org", "b.example"]
+
+
+def test_upgrading_to_0005_counts_the_folded_clicks_as_unknown_and_keeps_the_domains(engine, sessions):
+    from hotclicks import db
+
+    seeded = seed(sessions)
+    fold(sessions, "folded")
+
+    def figures():
+        with sessions() as session:
+            latest = session.get(Execution, seeded.latest)
+            return (stats.device_figures(session, [latest.id])[latest.id],
+                    [(name, f.sent, f.delivered, f.openers, f.clickers) for name, f in stats.domain_figures(session, latest)])
+
+    before = figures()
+    assert before[0]["unknown"] == (20, 4)
+    db.downgrade(engine, "0004")
+    db.upgrade(engine)
+    assert figures() == before
