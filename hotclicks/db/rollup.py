@@ -69,8 +69,11 @@ BATCH_ROWS = 500_000
 _SOURCES = ("message", "click", "open")
 _TABLES = {"message": "hotclicks_message", "click": "hotclicks_click", "open": "hotclicks_open"}
 _HUMAN = "SUM(CASE WHEN is_machine THEN 0 ELSE 1 END)"
-#: A click's device family; clicks recorded before the family was read are ``unknown``.
-DEVICE_SQL = f"COALESCE(device, '{devices.UNKNOWN}')"
+
+
+def device_expression(column: str = "device") -> str:
+    """A click's device family in SQL; clicks recorded before the family was read are ``unknown``."""
+    return f"COALESCE({column}, '{devices.UNKNOWN}')"
 _MACHINE = "SUM(CASE WHEN is_machine THEN 1 ELSE 0 END)"
 
 
@@ -243,8 +246,8 @@ def _fold_clicks(session: Session, lo: int, hi: int) -> None:
     session.execute(
         text(
             "INSERT INTO hotclicks_device_stats (tracked_url_id, device, clicks, machine_clicks) "
-            f"SELECT tracked_url_id, {DEVICE_SQL}, {_HUMAN}, {_MACHINE} FROM hotclicks_click {where} "
-            f"GROUP BY tracked_url_id, {DEVICE_SQL} "
+            f"SELECT tracked_url_id, {device_expression()}, {_HUMAN}, {_MACHINE} FROM hotclicks_click {where} "
+            f"GROUP BY tracked_url_id, {device_expression()} "
             + on_conflict.format(
                 keys="tracked_url_id, device",
                 sets="clicks = hotclicks_device_stats.clicks + excluded.clicks, "

@@ -36,7 +36,7 @@ from .models import (
     TrackedUrl,
     VariantStats,
 )
-from .rollup import DEVICE_SQL, domain_join, hour_expression, in_urls, ints, tail_text, url_executions, watermarks
+from .rollup import device_expression, domain_join, hour_expression, in_urls, ints, tail_text, url_executions, watermarks
 
 __all__ = [
     "ContentChoice",
@@ -160,7 +160,7 @@ def _device_counts(session: Session, execution_ids: Sequence[int]) -> dict[tuple
     ).all()
     rows += session.execute(
         tail_text(
-            f"SELECT +c.tracked_url_id, {DEVICE_SQL.replace('device', 'c.device')}, "
+            f"SELECT +c.tracked_url_id, {device_expression('c.device')}, "
             "SUM(CASE WHEN c.is_machine THEN 0 ELSE 1 END), SUM(CASE WHEN c.is_machine THEN 1 ELSE 0 END) "
             f"FROM hotclicks_click c WHERE c.id > :w AND {in_urls(session, execution_ids)} "
             "GROUP BY +c.tracked_url_id, c.device"
