@@ -69,12 +69,12 @@ BATCH_ROWS = 500_000
 _SOURCES = ("message", "click", "open")
 _TABLES = {"message": "hotclicks_message", "click": "hotclicks_click", "open": "hotclicks_open"}
 _HUMAN = "SUM(CASE WHEN is_machine THEN 0 ELSE 1 END)"
+_MACHINE = "SUM(CASE WHEN is_machine THEN 1 ELSE 0 END)"
 
 
 def device_expression(column: str = "device") -> str:
     """A click's device family in SQL; clicks recorded before the family was read are ``unknown``."""
     return f"COALESCE({column}, '{devices.UNKNOWN}')"
-_MACHINE = "SUM(CASE WHEN is_machine THEN 1 ELSE 0 END)"
 
 
 # -- rolling up ----------------------------------------------------------------------------------
