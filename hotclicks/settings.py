@@ -30,6 +30,7 @@ __all__ = [
     "DKIM_SIGNED_POLICIES",
     "DOCS",
     "FLASK",
+    "LIST_UNSUBSCRIBE_POLICIES",
     "RELAY",
     "SETTINGS",
     "UPSTREAM_SECURITY",
@@ -56,6 +57,10 @@ UPSTREAM_SECURITY = ("none", "starttls", "tls")
 #: "keep" forwards it unchanged and untracked (its signature stays valid), "strip" removes the old
 #: signature and tracks it. With a key, the relay always re-signs.
 DKIM_SIGNED_POLICIES = ("keep", "strip")
+#: What to do with a marketing message's own List-Unsubscribe (an http(s) or mailto target):
+#: "keep" forwards it and its List-Unsubscribe-Post as the sender wrote them (the sender's system
+#: gets the opt-outs), "replace" puts the relay's one-click URL first, the sender's mailto second.
+LIST_UNSUBSCRIBE_POLICIES = ("keep", "replace")
 
 # -- parsers: a value as a flag, a variable or a TOML file gives it, to what the code uses ---------
 
@@ -196,6 +201,7 @@ _RELAY_ONLY = (
     Setting("upstream", "HOST:PORT of the mail server to forward to", "127.0.0.1:25", metavar="HOST:PORT"),
     Setting("open_pixel", "add the open pixel to HTML parts", True, parse_bool),
     Setting("trap_link", "add the hidden trap link to HTML parts: only link scanners click it, which tells their clicks from people's", True, parse_bool),
+    Setting("list_unsubscribe", "a marketing message's own List-Unsubscribe (http(s) or mailto): keep it and its List-Unsubscribe-Post as the sender wrote them, or replace it with the relay's one-click URL (the sender's mailto kept second); a message without one gets the relay's either way", "keep", choices=LIST_UNSUBSCRIBE_POLICIES),
     Setting("transactional_period", "period of a transactional delivery's executions", "month", choices=PERIODS),
     Setting("quiet_gap", "a recurring delivery without X-HotClicks-Run starts a new run after this long without a message", "1h", **_DURATION_ARGS),
     Setting("spool_dir", "directory where accepted mail waits for the upstream (this relay's alone)", DEFAULT_SPOOL_DIR, metavar="DIR"),

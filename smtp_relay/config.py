@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from hotclicks.errors import ConfigurationError
 from hotclicks.executions import PERIODS
-from hotclicks.settings import DEFAULT_SPOOL_DIR, DKIM_SIGNED_POLICIES, UPSTREAM_SECURITY, default
+from hotclicks.settings import DEFAULT_SPOOL_DIR, DKIM_SIGNED_POLICIES, LIST_UNSUBSCRIBE_POLICIES, UPSTREAM_SECURITY, default
 
 __all__ = [
     "DEFAULT_SPOOL_DIR", "DKIM_SIGNED_POLICIES", "UPSTREAM_SECURITY", "RelayConfig",
@@ -70,6 +70,8 @@ class RelayConfig:
     open_pixel: bool = default("open_pixel")
     #: Add the hidden trap link to HTML parts (a click on it is a scanner's).
     trap_link: bool = default("trap_link")
+    #: A marketing message's own List-Unsubscribe: "keep" (as the sender wrote it) or "replace" (ours).
+    list_unsubscribe: str = default("list_unsubscribe")
     #: A transactional delivery's execution period: "day", "week" or "month".
     transactional_period: str = default("transactional_period")
     #: A recurring delivery without a run header starts a new run after this long without mail.
@@ -148,6 +150,10 @@ class RelayConfig:
             raise ConfigurationError(
                 f"the transactional period must be one of {', '.join(PERIODS)}, "
                 f"not {self.transactional_period!r}"
+            )
+        if self.list_unsubscribe not in LIST_UNSUBSCRIBE_POLICIES:
+            raise ConfigurationError(
+                f"--list-unsubscribe must be one of {', '.join(LIST_UNSUBSCRIBE_POLICIES)}, not {self.list_unsubscribe!r}"
             )
         if self.upstream_security not in UPSTREAM_SECURITY:
             raise ConfigurationError(

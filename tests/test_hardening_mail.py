@@ -43,7 +43,8 @@ from .test_mime_corpus import wrap_base64, wrap_qp
 
 #: Longest a relay may take to answer one message before the campaign calls it a hang.
 HANG_BOUND = 120.0
-#: Fields the relay removes from a tracked message (and adds back, for List-Unsubscribe).
+#: Fields the relay removes from a tracked message (and adds back, for List-Unsubscribe); it
+#: removes any other X-HotClicks-* field too (see own_fields).
 RELAY_FIELDS = tuple(name.lower() for name in HEADERS) + ("list-unsubscribe", "list-unsubscribe-post", "dkim-signature")
 _URL = re.compile(r"(?:https?://|www\.)[^\s\"'<>]+", re.I)
 _PIXEL = re.compile(
@@ -115,7 +116,7 @@ def text_of(part: email.message.Message) -> str:
 def own_fields(message: email.message.Message, rewritable_leaf: bool) -> list[tuple[str, str]]:
     """The top-level fields the relay must leave alone, raw, in order."""
     ignored = RELAY_FIELDS + (("content-transfer-encoding",) if rewritable_leaf else ())
-    return [(k, v) for k, v in message.items() if k.lower() not in ignored]
+    return [(k, v) for k, v in message.items() if k.lower() not in ignored and not k.lower().startswith("x-hotclicks-")]
 
 
 def check_forwarded(received: bytes, forwarded: bytes) -> bool:
