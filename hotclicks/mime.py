@@ -610,7 +610,8 @@ def _edited_data(
 
     Only the text between edits and the edited spans are encoded, piece by piece, when the codec
     allows it (and the pieces of the old text are checked to give back the old data); else the
-    whole new text is encoded and the changes are left to be found.
+    whole new text is encoded and the changes are left to be found. Each edit's change is cut
+    down to the bytes that differ, so only the encoded lines holding those are written again.
     """
     text, codec, errors = dec.text, dec.codec, dec.errors
     if codec in _PIECEWISE_CODECS or codec.startswith(("iso8859-", "cp12")):
@@ -625,7 +626,13 @@ def _edited_data(
                 now = _encode_text(value, dec)
                 o += len(same)
                 n += len(same)
-                changes.append((o, o + len(was), n, n + len(now)))
+                # Only the bytes that differ count: an edit may span more than its change (a
+                # whole text replaced, "http" kept), and a line re-encoded without need may
+                # come out different (trailing space, "= " before the line break).
+                head = _same_from(was, 0, now, 0)
+                tail = _common_suffix(was, now, min(len(was), len(now)) - head)
+                if head < len(was) or head < len(now):
+                    changes.append((o + head, o + len(was) - tail, n + head, n + len(now) - tail))
                 o += len(was)
                 n += len(now)
                 old_pieces += (same, was)
