@@ -15,6 +15,9 @@ so this module works on the raw bytes instead:
 
 Quoted-printable parts keep every encoded line whose decoded text did not change: only the
 physical lines that span a change are encoded again (soft line breaks, at most 76 characters).
+They are decoded as the stdlib decodes them (:func:`binascii.a2b_qp`), which reads "=" and
+spaces before a line break as they stand where RFC 2045 sees a soft line break: the lines
+holding no change are copied, so a reader of either kind reads them as before.
 Base64 parts are encoded again whole, with the original line length and line ending. A 7bit or
 8bit part whose new text would have a line over 998 octets (a long tracked URL), or a 7bit part
 that gains 8-bit bytes, is switched to quoted-printable and its Content-Transfer-Encoding field
@@ -24,8 +27,8 @@ Anything that cannot be parsed safely raises :class:`~hotclicks.errors.MimeError
 the relay then forwards the message unchanged. A rewritable part that cannot be decoded (bad
 base64, bytes invalid in a charset that cannot carry them through) makes the whole message
 fail: tracking half of a message's alternatives would be worse than tracking none, and the
-reason gets logged. Every rewritable part is decoded before ``transform`` is called at all, so
-a message that fails does so before the caller has registered any link.
+reason gets logged. Every rewritable part is decoded by :func:`parse_message`, before any edit
+is asked for, so a message that fails does so before the caller has registered any link.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import email.message
 import email.policy
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from itertools import accumulate
@@ -53,9 +56,7 @@ __all__ = [
     "edit_message",
     "parse_message",
     "read_headers",
-    "rewrite_message",
     "split_header",
-    "text_parts",
 ]
 
 #: Deepest multipart nesting accepted; deeper is either an attack or a broken mailer.
@@ -103,7 +104,7 @@ _NOT_CHARSETS = frozenset({"undefined", "unicode-escape", "raw-unicode-escape", 
 
 @dataclass(frozen=True, slots=True)
 class TextPart:
-    """A rewritable text part, decoded, as ``transform`` sees it."""
+    """A rewritable text part, decoded, as the rewriter sees it."""
 
     #: 0-based, document order among rewritable text parts.
     index: int
@@ -185,39 +186,14 @@ def parse_message(raw: bytes) -> ParsedMessage:
     return ParsedMessage(raw, parts, decoded, eol)
 
 
-def text_parts(raw: bytes) -> list[TextPart]:
-    """Every rewritable part of the message, decoded, in document order."""
-    return list(parse_message(raw).parts)
-
-
-def rewrite_message(raw: bytes, transform: Callable[[TextPart], str | None]) -> bytes:
-    """Replace the text of the rewritable parts by what ``transform`` returns for each.
-
-    ``transform`` returning ``None`` or the text it was given leaves that part's bytes as they
-    are; a message whose parts are all left alone is returned as the very same bytes. Raises
-    :class:`MimeError` before calling ``transform`` when the message cannot be parsed or a
-    rewritable part cannot be decoded, and after it when the new text cannot be encoded in the
-    part's charset (a bug of the transform); never returns a half-rewritten message.
-    """
-    parsed = parse_message(raw)
-    bodies: dict[int, tuple[bytes, list[tuple[int, int, int, int]] | None]] = {}
-    for part, dec in zip(parsed.parts, parsed._decoded):
-        new_text = transform(part)
-        if new_text is None or new_text == dec.text:
-            continue
-        if not isinstance(new_text, str):
-            raise TypeError(f"transform must return str or None, not {type(new_text).__name__}")
-        bodies[part.index] = (_encode_text(new_text, dec), None)
-    return _splice_parts(parsed, bodies)
-
-
 def edit_message(parsed: ParsedMessage, edits: Mapping[int, Sequence[tuple[int, int, str]]]) -> bytes:
     """The message with, in each part ``i`` of ``edits``, ``text[start:end]`` replaced by the
     new text of each ``(start, end, new text)`` (in order, not overlapping).
 
-    What :func:`rewrite_message` gives for the same new texts, without comparing the old and new
-    text to find what changed: the rewriter says it. Raises :class:`MimeError` when a new text
-    cannot be encoded in the part's charset.
+    The rewriter says where the text changes, so the whole old and new texts are never compared:
+    only each edited span with its new text, to find the bytes that differ in it. A message no
+    edit changes is returned as the very same bytes. Raises :class:`MimeError` when a new text
+    cannot be encoded in the part's charset; never returns a half-edited message.
     """
     bodies: dict[int, tuple[bytes, list[tuple[int, int, int, int]] | None]] = {}
     for index, part_edits in edits.items():
@@ -610,8 +586,9 @@ def _edited_data(
 
     Only the text between edits and the edited spans are encoded, piece by piece, when the codec
     allows it (and the pieces of the old text are checked to give back the old data); else the
-    whole new text is encoded and the changes are left to be found. Each edit's change is cut
-    down to the bytes that differ, so only the encoded lines holding those are written again.
+    whole new text is encoded and the changes are left to be found. Either way the changes are
+    the bytes that differ, not the edited spans, so only the encoded lines holding them are
+    written again.
     """
     text, codec, errors = dec.text, dec.codec, dec.errors
     if codec in _PIECEWISE_CODECS or codec.startswith(("iso8859-", "cp12")):
@@ -626,13 +603,10 @@ def _edited_data(
                 now = _encode_text(value, dec)
                 o += len(same)
                 n += len(same)
-                # Only the bytes that differ count: an edit may span more than its change (a
-                # whole text replaced, "http" kept), and a line re-encoded without need may
-                # come out different (trailing space, "= " before the line break).
-                head = _same_from(was, 0, now, 0)
-                tail = _common_suffix(was, now, min(len(was), len(now)) - head)
-                if head < len(was) or head < len(now):
-                    changes.append((o + head, o + len(was) - tail, n + head, n + len(now) - tail))
+                # Only the bytes that differ count: an edit may span more than its changes (a
+                # whole text replaced, "http" kept), and a line encoded again without need may
+                # come out different (a trailing space, "= " before the line break).
+                changes += [(o + o1, o + o2, n + n1, n + n2) for o1, o2, n1, n2 in _changes(was, now)]
                 o += len(was)
                 n += len(now)
                 old_pieces += (same, was)
