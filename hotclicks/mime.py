@@ -79,6 +79,8 @@ _CONTENT_FIELD = re.compile(
 )
 #: Words for locating changes: runs of URL-ish bytes, and runs of what ends a URL.
 _WORDS = re.compile(rb"[^\s\"'<>]+|[\s\"'<>]+")
+#: A byte that ends a word of ``_WORDS``.
+_SEPARATOR = re.compile(rb"[\s\"'<>]")
 #: Bytes after a changed word that must be equal on both sides to take up the walk again.
 _RESYNC = 16
 #: Bytes a quoted-printable line may carry literally (RFC 2045 6.7): tab, space, 33-60, 62-126.
@@ -586,9 +588,7 @@ def _edited_data(
 
     Only the text between edits and the edited spans are encoded, piece by piece, when the codec
     allows it (and the pieces of the old text are checked to give back the old data); else the
-    whole new text is encoded and the changes are left to be found. Either way the changes are
-    the bytes that differ, not the edited spans, so only the encoded lines holding them are
-    written again.
+    whole new text is encoded and the changes are left to be found.
     """
     text, codec, errors = dec.text, dec.codec, dec.errors
     if codec in _PIECEWISE_CODECS or codec.startswith(("iso8859-", "cp12")):
@@ -603,10 +603,7 @@ def _edited_data(
                 now = _encode_text(value, dec)
                 o += len(same)
                 n += len(same)
-                # Only the bytes that differ count: an edit may span more than its changes (a
-                # whole text replaced, "http" kept), and a line encoded again without need may
-                # come out different (a trailing space, "= " before the line break).
-                changes += [(o + o1, o + o2, n + n1, n + n2) for o1, o2, n1, n2 in _changes(was, now)]
+                changes.append((o, o + len(was), n, n + len(now)))
                 o += len(was)
                 n += len(now)
                 old_pieces += (same, was)
@@ -625,6 +622,22 @@ def _edited_data(
         pos = end
     pieces.append(text[pos:])
     return _encode_text("".join(pieces), dec), None
+
+
+def _edit_changes(was: bytes, now: bytes) -> list[tuple[int, int, int, int]]:
+    """Where ``now`` differs from ``was``, the old and new bytes of one edit, as :func:`_changes`.
+
+    The edited span is trimmed of what both sides keep; what is left of a URL is one change,
+    and only a span of several words (a whole text) is walked for the changes within it.
+    """
+    head = _common_prefix(was, now)
+    tail = _common_suffix(was, now, min(len(was), len(now)) - head)
+    o2, n2 = len(was) - tail, len(now) - tail
+    if head == o2 and head == n2:
+        return []
+    if head == o2 or _SEPARATOR.search(was, head, o2) is None:
+        return [(head, o2, head, n2)]
+    return [(head + a, head + b, head + c, head + d) for a, b, c, d in _changes(was[head:o2], now[head:n2])]
 
 
 def _encode_body(
@@ -721,11 +734,12 @@ def _qp_rewrite(
     if not lines or b"".join(decoded) != old:
         return _qp_encode(new, eol, final=True)
     starts = [0, *accumulate(map(len, decoded))]
+    changes = _changes(old, new) if changes is None else _narrowed(changes, old, new, starts)
     last = len(lines) - 1
     out: list[bytes] = []
     copied = 0  # first line not yet copied or replaced
     group: list[int] | None = None  # [first line, last line, new start, new end]
-    for o1, o2, n1, n2 in _changes(old, new) if changes is None else changes:
+    for o1, o2, n1, n2 in changes:
         if o1 == o2 and group is not None:
             # An insertion between two lines goes with the line before: the line after stays.
             first = final = min(max(bisect_left(starts, o1) - 1, 0), last)
@@ -743,6 +757,46 @@ def _qp_rewrite(
         copied = _qp_flush(lines, new, eol, group, copied, out)
     out.append(b"".join(lines[copied:]))
     return b"".join(out)
+
+
+def _narrowed(
+    changes: list[tuple[int, int, int, int]], old: bytes, new: bytes, starts: list[int]
+) -> list[tuple[int, int, int, int]]:
+    """The edited spans ``changes``, cut down to the bytes that differ where that spares a line.
+
+    An edit may span more than its changes (a whole text replaced, the "http" of a URL kept),
+    and a line encoded again without need may come out different (a trailing space, "= "
+    before the line break). A span within one line is kept (that line is encoded again either
+    way) unless it changes nothing; a span across lines is cut down when that may spare one.
+    """
+    out: list[tuple[int, int, int, int]] = []
+    for o1, o2, n1, n2 in changes:
+        if o2 - o1 == n2 - n1 and old[o1:o2] == new[n1:n2]:
+            continue  # changes nothing
+        if (
+            o1 < o2
+            and starts[bisect_right(starts, o1)] < o2  # a line starts within the span
+            and _may_spare_a_line(old, new, starts, o1, o2, n1, n2)
+        ):
+            out += [(o1 + a, o1 + b, n1 + c, n1 + d) for a, b, c, d in _edit_changes(old[o1:o2], new[n1:n2])]
+        else:
+            out.append((o1, o2, n1, n2))
+    return out
+
+
+def _may_spare_a_line(
+    old: bytes, new: bytes, starts: list[int], o1: int, o2: int, n1: int, n2: int
+) -> bool:
+    """Whether cutting down a span across lines may leave a line out of it: when it holds
+    several words, or its first or last line is the same on both sides. A URL that changes
+    from its first line to its last, the usual edit, costs two slice comparisons."""
+    if _SEPARATOR.search(old, o1, o2) is not None:
+        return True
+    first_end = starts[bisect_right(starts, o1)]
+    if old[o1:first_end] == new[n1 : n1 + first_end - o1]:
+        return True
+    last_start = starts[bisect_right(starts, o2 - 1) - 1]
+    return old[last_start:o2] == new[max(n2 - (o2 - last_start), 0) : n2]
 
 
 def _qp_flush(
@@ -909,24 +963,16 @@ def _lines(data: bytes) -> list[bytes]:
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
-    """Length of the common prefix, by bisection over slice comparisons (done in C)."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    """Length of the common prefix: the two read as one big-endian number each, XORed, the
+    first differing byte is where the highest set bit is (a few calls in C, no Python loop)."""
+    size = min(len(a), len(b))
+    differ = int.from_bytes(a[:size], "big") ^ int.from_bytes(b[:size], "big")
+    return size - (differ.bit_length() + 7) // 8
 
 
 def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
-    """Length of the common suffix, at most ``limit``."""
-    lo, hi = 0, limit
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[len(a) - mid :] == b[len(b) - mid :]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    """Length of the common suffix, at most ``limit`` (as :func:`_common_prefix`, little-endian)."""
+    if limit <= 0:
+        return 0
+    differ = int.from_bytes(a[len(a) - limit :], "little") ^ int.from_bytes(b[len(b) - limit :], "little")
+    return limit - (differ.bit_length() + 7) // 8
