@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from hotclicks.errors import MimeError
 from hotclicks.executions import HEADERS, MarkError, read_marks
-from hotclicks.mime import edit_headers, read_headers, text_parts
+from hotclicks.mime import edit_headers, parse_message, read_headers
 from hotclicks.db.models import RelayIncident
 from hotclicks.rewrite import PIXEL_TEMPLATE, TRAP_TEMPLATE
 from smtp_relay.handler import RelaySMTP
@@ -162,7 +162,7 @@ def relay_can_parse(received: bytes) -> bool | None:
         headers = read_headers(received)
         if read_marks(headers) is None or headers.get("DKIM-Signature") is not None:
             return None
-        text_parts(edit_headers(received, remove=RELAY_FIELDS))
+        parse_message(edit_headers(received, remove=RELAY_FIELDS))
     except (MimeError, MarkError):
         return False
     return True
