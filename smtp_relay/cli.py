@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import logging
 import os
@@ -27,7 +28,7 @@ from hotclicks.settings import RELAY, Setting
 from .auth import hash_password
 from .config import RelayConfig, parse_host_port
 from .handler import RelaySMTP
-from .processes import supervise
+from .processes import process_spool, supervise
 from .server import _tls_context, build_handler, smtp_kwargs
 from .spool import RETRY_TRIGGER, iter_entries, spool_dirs
 
@@ -271,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             config = config_from_settings(settings)
             if config.processes > 1:
+                _check_start(config)
                 return supervise(config, _run_process)
             asyncio.run(serve(config))
     except ConfigurationError as exc:
@@ -281,6 +283,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _error(exc: ConfigurationError) -> int:
     print(f"hotclicks-relay: error: {exc}", file=sys.stderr)
     return 2
+
+
+def _check_start(config: RelayConfig) -> None:
+    """Fail as a single relay would at start (settings, TLS files, database, spool), once and
+    before any relay process is forked: their errors would be said N times, or lost."""
+    handler = build_handler(dataclasses.replace(config, spool_dir=process_spool(config.spool_dir, 0)))
+    try:
+        smtp_kwargs(config, handler.authenticator)
+    finally:
+        handler.close()
 
 
 def _run_process(config: RelayConfig, sock: socket.socket, ready: Callable[[], None]) -> int:
