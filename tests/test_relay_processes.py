@@ -22,7 +22,7 @@ from hotclicks.db.models import Message, MessageStatus, Recipient
 from smtp_relay.cli import main
 
 from .conftest import SECRET_KEY, Upstream, free_port
-from .helpers import accepts, cli_relay, newsletter
+from .helpers import accepts, alive, cli_relay, newsletter
 
 #: Bound on each wait.
 PATIENCE = 60
@@ -43,14 +43,6 @@ def relay_pids(log: Path) -> dict[int, int]:
     for n, pid in re.findall(r"relay process (\d+) started \(pid (\d+)\)", log.read_text()):
         pids[int(n)] = int(pid)
     return pids
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def send_from(connections: int, per_connection: int, port: int, recipients: int = 2) -> list[str]:
