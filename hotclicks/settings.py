@@ -41,6 +41,7 @@ __all__ = [
     "parse_bool",
     "parse_duration",
     "parse_list",
+    "parse_processes",
     "parse_workers",
     "readme_table",
     "relay_table",
@@ -102,6 +103,16 @@ def parse_workers(value: str | int) -> int:
     if workers < 0:
         raise ValueError("expected 0 or more, or auto")
     return workers
+
+
+def parse_processes(value: str | int) -> int:
+    """A number of relay processes, or "auto": one per core."""
+    if str(value).strip().lower() == "auto":
+        return os.cpu_count() or 1
+    processes = int(value)
+    if processes < 1:
+        raise ValueError("expected 1 or more, or auto")
+    return processes
 
 
 def parse_list(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -215,6 +226,7 @@ _RELAY_ONLY = (
     Setting("upstream_timeout", "seconds to wait for the upstream before counting it down", 60.0, float, metavar="SECONDS"),
     Setting("upstream_connections", "connections to the upstream, each delivering one copy at a time", 8, int, metavar="N"),
     Setting("rewrite_workers", "worker processes that rewrite the copies, so that rewriting uses another core; 0: the relay process rewrites; auto: 1 on a machine of 2 cores or more", "auto", parse_workers, metavar="N"),
+    Setting("processes", "relay processes accepting on the --listen socket, each with a spool of its own (--spool-dir/0, /1, ...), one that dies restarted; 1: a single relay process, no supervisor; auto: one per core", "auto", parse_processes, metavar="N"),
     Setting("retry_delay", "first retry after a temporary failure; doubles each time", "1m", **_DURATION_ARGS),
     Setting("retry_max_delay", "longest wait between two retries", "1h", **_DURATION_ARGS),
     Setting("max_queue_age", "a copy not delivered this long after acceptance is marked failed", "5d", **_DURATION_ARGS),

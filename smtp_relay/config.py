@@ -96,6 +96,9 @@ class RelayConfig:
     #: work shares one core (one Python process); a worker lets rewriting use another. Unset,
     #: "auto" as on the command line: 1 on a machine of 2 cores or more, resolved when built.
     rewrite_workers: int = field(default_factory=partial(default, "rewrite_workers"))
+    #: Relay processes sharing the listening socket, each with its spool ``<spool_dir>/<n>``; only
+    #: the command line's supervisor reads it (1: no supervisor). "auto": one per core.
+    processes: int = field(default_factory=partial(default, "processes"))
     #: The name the relay gives itself (SMTP banner and EHLO); the machine's FQDN when None.
     hostname: str | None = default("hostname")
     #: Where accepted messages wait for delivery; a directory of this relay alone.
@@ -184,7 +187,7 @@ class RelayConfig:
             raise ConfigurationError("upstream AUTH needs both --upstream-username and --upstream-password")
         for name in (
             "max_message_size", "max_recipients", "upstream_connections", "auth_max_failures",
-            "max_connections", "max_connections_per_client",
+            "max_connections", "max_connections_per_client", "processes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"--{name.replace('_', '-')} must be at least 1")
