@@ -47,6 +47,7 @@ from email.parser import BytesHeaderParser
 from itertools import accumulate
 
 from hotclicks.errors import MimeError
+from hotclicks.splice import splice
 
 __all__ = [
     "MAX_DEPTH",
@@ -229,16 +230,7 @@ def _splice_parts(
             header = raw[leaf.header_start : leaf.header_end]
             edits.append((leaf.header_start, leaf.header_end, _set_cte_qp(header, eol)))
         edits.append((leaf.body_start, leaf.body_end, new_body))
-    if not edits:
-        return raw
-    out: list[bytes] = []
-    pos = 0
-    for start, end, data in edits:
-        out.append(raw[pos:start])
-        out.append(data)
-        pos = end
-    out.append(raw[pos:])
-    return b"".join(out)
+    return splice(raw, edits)
 
 
 def edit_headers(

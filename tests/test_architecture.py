@@ -33,6 +33,7 @@ PURE = [
     "hotclicks.rewrite",
     "hotclicks.senders",
     "hotclicks.settings",
+    "hotclicks.splice",
     "hotclicks.tokens",
 ]
 FRAMEWORKS = ("sqlalchemy", "flask", "aiosmtpd")
