@@ -19,16 +19,23 @@ reported.
     bench/run relay    # the same, with the defaults
 
 Prints one line per concurrency, like
-``RESULT relay senders=8 passthrough_mps=... relay_mps=... ratio=... paired_ratio=...`` (medians of
-``--rounds``; ``paired_ratio`` is the median of each round's relay/pass-through ratio, steadier on
-a busy machine; the lines before it give every round and the load average),
-and ``RESULT relay-direct senders=... direct_mps=...`` for sending straight to the sink.
+``RESULT relay senders=8 passthrough_mps=... relay_mps=... ratio=... paired_ratio=...
+relay_cpu_ms=... passthrough_cpu_ms=... cpu_ratio=...`` (medians of ``--rounds``; ``paired_ratio``
+is the median of each round's relay/pass-through ratio, steadier on a busy machine; the lines
+before it give every round and the load average), and ``RESULT relay-direct senders=...
+direct_mps=...`` for sending straight to the sink. ``*_cpu_ms`` is the CPU time (user and system)
+per message of every process of that relay (with ``--processes``, its supervisor and relay
+processes; the rewrite workers), from ``/proc``. With ``--stages``, the relay also keeps its CPU
+time per stage (:mod:`smtp_relay.timings`) and a ``stages`` line gives it per message.
+
+    python bench/relay.py --processes 2 --stages     # two relay processes, and where their CPU goes
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
 import shutil
@@ -245,8 +252,51 @@ def blast(port: int, senders: int, messages: int, data: bytes, count, timeout: f
     return messages / (time.perf_counter() - started)
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in children.read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            pass
+    return found
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user and system) used so far by ``pid`` and every living process below it."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+        todo += _children(current)
+    return total
+
+
+def stage_times(path: Path) -> str:
+    """The relay's CPU per message and stage (ms), summed over its processes' lines."""
+    seconds: dict[str, float] = {}
+    transactions = 0
+    for line in path.read_text().splitlines() if path.exists() else []:
+        values = json.loads(line)
+        transactions += values["transactions"]
+        for stage, value in values["seconds"].items():
+            seconds[stage] = seconds.get(stage, 0.0) + value
+    if not transactions:
+        return "no stage times"
+    order = ("loop", "decide", "record", "render", "spool")
+    return " ".join(f"{stage}_ms={seconds.get(stage, 0.0) * 1000 / transactions:.2f}" for stage in order)
+
+
 def start_relay(
-    kind: str, sink_port: int, workdir: Path, database_url: str, relay_args: list[str] | None = None
+    kind: str, sink_port: int, workdir: Path, database_url: str, relay_args: list[str] | None = None,
+    stages: Path | None = None,
 ) -> tuple[subprocess.Popen, int]:
     port = free_port()
     if kind == "passthrough":
@@ -260,6 +310,8 @@ def start_relay(
             "--log-level", "WARNING", "--hostname", "relay.bench", *(relay_args or []),
         ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOTCLICKS_")}
+    if stages is not None and kind == "relay":
+        env["HOTCLICKS_STAGE_TIMES"] = str(stages)
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     wait_port(port, process)
     return process, port
@@ -312,6 +364,14 @@ def main() -> None:
         help="the relay's --rewrite-workers (default: the relay's own default, auto)",
     )
     parser.add_argument(
+        "--processes",
+        help="the relay's --processes (default: the relay's own default, auto)",
+    )
+    parser.add_argument(
+        "--stages", action="store_true",
+        help="have the relay keep its CPU time per stage and print it per message",
+    )
+    parser.add_argument(
         "--dkim-key-file",
         help="a PEM private key: the relay DKIM-signs every copy with it (selector bench, domain shop.example)",
     )
@@ -348,19 +408,25 @@ def main() -> None:
         )
         for senders in [int(s) for s in args.senders.split(",")]:
             results: dict[str, list[float]] = {"direct": [], "passthrough": [], "relay": []}
+            cpu: dict[str, list[float]] = {"passthrough": [], "relay": []}
             relays = {}
+            stages = workdir / f"stages-{senders}.jsonl" if args.stages else None
             for kind in ("passthrough", "relay"):
                 relay_args = ["--rewrite-workers", args.rewrite_workers] if args.rewrite_workers else []
+                if args.processes:
+                    relay_args += ["--processes", args.processes]
                 if args.dkim_key_file:
                     relay_args += ["--dkim-key-file", args.dkim_key_file, "--dkim-selector", "bench", "--dkim-domain", "shop.example"]
-                process, port = start_relay(kind, sink_port, workdir, database_url, relay_args)
+                process, port = start_relay(kind, sink_port, workdir, database_url, relay_args, stages)
                 processes.append(process)
-                relays[kind] = port
+                relays[kind] = (port, process.pid)
                 blast(port, senders, min(50, args.messages), data, count)  # warm up
             for _ in range(args.rounds):
                 results["direct"].append(blast(sink_port, senders, args.messages, data, count))
-                for kind, port in relays.items():
+                for kind, (port, pid) in relays.items():
+                    before = tree_cpu(pid)
                     results[kind].append(blast(port, senders, args.messages, data, count))
+                    cpu[kind].append((tree_cpu(pid) - before) * 1000 / args.messages)
             for process in processes:
                 stop(process)
             processes.clear()
@@ -376,11 +442,15 @@ def main() -> None:
                 )
                 + f"; load average {os.getloadavg()[0]:.1f}"
             )
+            if stages is not None:
+                print(f"stages senders={senders} (CPU per message, warm-up included): {stage_times(stages)}")
+            relay_cpu, passthrough_cpu = statistics.median(cpu["relay"]), statistics.median(cpu["passthrough"])
             print(f"RESULT relay-direct senders={senders} direct_mps={direct:.1f}")
             print(
                 f"RESULT relay senders={senders} passthrough_mps={passthrough:.1f} relay_mps={relay:.1f} "
                 f"ratio={relay / passthrough:.2f} paired_ratio={statistics.median(paired):.2f} "
-                f"passthrough_vs_direct={passthrough / direct:.2f}",
+                f"passthrough_vs_direct={passthrough / direct:.2f} relay_cpu_ms={relay_cpu:.2f} "
+                f"passthrough_cpu_ms={passthrough_cpu:.2f} cpu_ratio={relay_cpu / passthrough_cpu:.2f}",
                 flush=True,
             )
     finally:

@@ -2,7 +2,7 @@
 
 - ``spring-news``: a one-off newsletter with dynamic content, as in the hot clicks seed: the main
   image's link depends on the recipient's gender, and an offer is shown only to the over-25s;
-- ``weekly-digest``: a recurring delivery, one run a week, its template updated once;
+- ``weekly-digest``: a recurring delivery, one run a week, its template changed each week;
 - ``order-confirmation``: a transactional template, republished once with a changed link.
 """
 
@@ -84,7 +84,8 @@ def newsletter_messages(subscribers: Iterable[Subscriber]) -> list[EmailMultiAlt
 def digest_messages(
     subscribers: Iterable[Subscriber], run: str, edition: int
 ) -> list[EmailMultiAlternatives]:
-    """One run of the weekly digest; ``edition`` 2 is the updated template."""
+    """One run of the weekly digest, from template ``edition`` (1 to 3: each week's changes; the
+    links are named with ``data-hc-link`` so that a moved link is still the same link)."""
     templates = (f"mail/digest_v{edition}.html", "mail/digest.txt")
     headers = headers_for_template(DIGEST, *templates, type="recurring", run=run)
     return [

@@ -20,7 +20,8 @@ The behaviours follow public descriptions of what mailboxes do:
   one, with HEAD or GET, and some rescan hours later.
 
 Addresses of people are documentation addresses (198.51.100.0/24, 2001:db8::/32); those of
-named networks come from their published ranges, so rules by network can be measured too.
+named networks come from their published ranges (a subset of the shipped lists), so rules by
+network can be measured too; gateways with no published list get other documentation addresses.
 """
 
 from __future__ import annotations
@@ -77,12 +78,12 @@ NETWORKS: dict[str, tuple[str, ...]] = {
     "apple-relay": ("172.224.226.0/27", "2a02:26f7:b000:4000::/64"),
     # Google's image proxy for Gmail.
     "google-image-proxy": ("66.249.80.0/20", "66.102.0.0/20"),
-    # Proofpoint (its hosted service's published ranges).
-    "proofpoint": ("148.163.128.0/19", "67.231.144.0/20"),
-    # Mimecast (US region's published ranges).
-    "mimecast": ("205.139.110.0/24", "207.211.30.0/24"),
-    # Barracuda Email Security Service (US).
-    "barracuda": ("209.222.80.0/21",),
+    # Proofpoint, Mimecast, Barracuda: no published list of the addresses their link checks come
+    # from was found, so none is shipped and their real addresses match no list. Documentation
+    # addresses (RFC 5737, apart from the people's) stand in for them: they match no list either.
+    "proofpoint": ("192.0.2.0/26",),
+    "mimecast": ("192.0.2.64/26",),
+    "barracuda": ("203.0.113.0/24",),
     # People: documentation addresses, no real network matters.
     "people": ("198.51.100.0/24", "2001:db8::/32"),
 }

@@ -219,6 +219,9 @@ def _rules(config: dict[str, Any]) -> BotRules:
         sweep_links=int(config["HOTCLICKS_BOT_SWEEP_LINKS"]),
         all_links_seconds=float(config["HOTCLICKS_BOT_ALL_LINKS_SECONDS"]),
         all_links_min=int(config["HOTCLICKS_BOT_ALL_LINKS_MIN"]),
+        fleet_recipients=int(config["HOTCLICKS_BOT_FLEET_RECIPIENTS"]),
+        fleet_delivery_seconds=float(config["HOTCLICKS_BOT_FLEET_SECONDS"]),
+        fleet_share=float(config["HOTCLICKS_BOT_FLEET_SHARE"]),
         extra_agents=tuple(config["HOTCLICKS_BOT_USER_AGENTS"] or ()),
         apple_mpp_opens=bool(config["HOTCLICKS_BOT_APPLE_MPP_OPENS"]),
     )

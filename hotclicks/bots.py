@@ -23,6 +23,8 @@ Nothing here does I/O or reads settings: :class:`BotRules` carries them.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import ipaddress
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,6 +46,7 @@ __all__ = [
     "is_fleet",
     "judge_message",
     "judge_open",
+    "may_be_fleet",
     "message_window",
     "request_reason",
 ]
@@ -393,6 +396,26 @@ class FleetRow:
     recipient: int | str
     at: dt.datetime
     delivered_at: dt.datetime | None
+
+
+#: Networks whose addresses are never a fleet: this machine, private networks and carrier-grade
+#: NAT. Every click seen from one of them means a proxy in front of the app (set up ProxyFix) or
+#: many people behind one carrier address, not a scanner.
+_NOT_FLEETS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
+              "::1/128", "fc00::/7", "fe80::/10")
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def may_be_fleet(client: str) -> bool:
+    """Whether a client's stored address may be a fleet's: a public one (see ``_NOT_FLEETS``)."""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return False
+    return not any(address in network for network in _NOT_FLEETS if network.version == address.version)
 
 
 def fleet_window(rules: BotRules = DEFAULT_RULES) -> dt.timedelta:

@@ -15,6 +15,9 @@ so this module works on the raw bytes instead:
 
 Quoted-printable parts keep every encoded line whose decoded text did not change: only the
 physical lines that span a change are encoded again (soft line breaks, at most 76 characters).
+They are decoded as the stdlib decodes them (:func:`binascii.a2b_qp`), which reads "=" and
+spaces before a line break as they stand where RFC 2045 sees a soft line break: the lines
+holding no change are copied, so a reader of either kind reads them as before.
 Base64 parts are encoded again whole, with the original line length and line ending. A 7bit or
 8bit part whose new text would have a line over 998 octets (a long tracked URL), or a 7bit part
 that gains 8-bit bytes, is switched to quoted-printable and its Content-Transfer-Encoding field
@@ -24,8 +27,8 @@ Anything that cannot be parsed safely raises :class:`~hotclicks.errors.MimeError
 the relay then forwards the message unchanged. A rewritable part that cannot be decoded (bad
 base64, bytes invalid in a charset that cannot carry them through) makes the whole message
 fail: tracking half of a message's alternatives would be worse than tracking none, and the
-reason gets logged. Every rewritable part is decoded before ``transform`` is called at all, so
-a message that fails does so before the caller has registered any link.
+reason gets logged. Every rewritable part is decoded by :func:`parse_message`, before any edit
+is asked for, so a message that fails does so before the caller has registered any link.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ import email.message
 import email.policy
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from itertools import accumulate
 
 from hotclicks.errors import MimeError
+from hotclicks.splice import splice
 
 __all__ = [
     "MAX_DEPTH",
@@ -53,9 +57,7 @@ __all__ = [
     "edit_message",
     "parse_message",
     "read_headers",
-    "rewrite_message",
     "split_header",
-    "text_parts",
 ]
 
 #: Deepest multipart nesting accepted; deeper is either an attack or a broken mailer.
@@ -78,6 +80,8 @@ _CONTENT_FIELD = re.compile(
 )
 #: Words for locating changes: runs of URL-ish bytes, and runs of what ends a URL.
 _WORDS = re.compile(rb"[^\s\"'<>]+|[\s\"'<>]+")
+#: A byte that ends a word of ``_WORDS``.
+_SEPARATOR = re.compile(rb"[\s\"'<>]")
 #: Bytes after a changed word that must be equal on both sides to take up the walk again.
 _RESYNC = 16
 #: Bytes a quoted-printable line may carry literally (RFC 2045 6.7): tab, space, 33-60, 62-126.
@@ -103,7 +107,7 @@ _NOT_CHARSETS = frozenset({"undefined", "unicode-escape", "raw-unicode-escape", 
 
 @dataclass(frozen=True, slots=True)
 class TextPart:
-    """A rewritable text part, decoded, as ``transform`` sees it."""
+    """A rewritable text part, decoded, as the rewriter sees it."""
 
     #: 0-based, document order among rewritable text parts.
     index: int
@@ -185,39 +189,14 @@ def parse_message(raw: bytes) -> ParsedMessage:
     return ParsedMessage(raw, parts, decoded, eol)
 
 
-def text_parts(raw: bytes) -> list[TextPart]:
-    """Every rewritable part of the message, decoded, in document order."""
-    return list(parse_message(raw).parts)
-
-
-def rewrite_message(raw: bytes, transform: Callable[[TextPart], str | None]) -> bytes:
-    """Replace the text of the rewritable parts by what ``transform`` returns for each.
-
-    ``transform`` returning ``None`` or the text it was given leaves that part's bytes as they
-    are; a message whose parts are all left alone is returned as the very same bytes. Raises
-    :class:`MimeError` before calling ``transform`` when the message cannot be parsed or a
-    rewritable part cannot be decoded, and after it when the new text cannot be encoded in the
-    part's charset (a bug of the transform); never returns a half-rewritten message.
-    """
-    parsed = parse_message(raw)
-    bodies: dict[int, tuple[bytes, list[tuple[int, int, int, int]] | None]] = {}
-    for part, dec in zip(parsed.parts, parsed._decoded):
-        new_text = transform(part)
-        if new_text is None or new_text == dec.text:
-            continue
-        if not isinstance(new_text, str):
-            raise TypeError(f"transform must return str or None, not {type(new_text).__name__}")
-        bodies[part.index] = (_encode_text(new_text, dec), None)
-    return _splice_parts(parsed, bodies)
-
-
 def edit_message(parsed: ParsedMessage, edits: Mapping[int, Sequence[tuple[int, int, str]]]) -> bytes:
     """The message with, in each part ``i`` of ``edits``, ``text[start:end]`` replaced by the
     new text of each ``(start, end, new text)`` (in order, not overlapping).
 
-    What :func:`rewrite_message` gives for the same new texts, without comparing the old and new
-    text to find what changed: the rewriter says it. Raises :class:`MimeError` when a new text
-    cannot be encoded in the part's charset.
+    The rewriter says where the text changes, so the whole old and new texts are never compared:
+    only each edited span with its new text, to find the bytes that differ in it. A message no
+    edit changes is returned as the very same bytes. Raises :class:`MimeError` when a new text
+    cannot be encoded in the part's charset; never returns a half-edited message.
     """
     bodies: dict[int, tuple[bytes, list[tuple[int, int, int, int]] | None]] = {}
     for index, part_edits in edits.items():
@@ -251,16 +230,7 @@ def _splice_parts(
             header = raw[leaf.header_start : leaf.header_end]
             edits.append((leaf.header_start, leaf.header_end, _set_cte_qp(header, eol)))
         edits.append((leaf.body_start, leaf.body_end, new_body))
-    if not edits:
-        return raw
-    out: list[bytes] = []
-    pos = 0
-    for start, end, data in edits:
-        out.append(raw[pos:start])
-        out.append(data)
-        pos = end
-    out.append(raw[pos:])
-    return b"".join(out)
+    return splice(raw, edits)
 
 
 def edit_headers(
@@ -646,6 +616,22 @@ def _edited_data(
     return _encode_text("".join(pieces), dec), None
 
 
+def _edit_changes(was: bytes, now: bytes) -> list[tuple[int, int, int, int]]:
+    """Where ``now`` differs from ``was``, the old and new bytes of one edit, as :func:`_changes`.
+
+    The edited span is trimmed of what both sides keep; what is left of a URL is one change,
+    and only a span of several words (a whole text) is walked for the changes within it.
+    """
+    head = _common_prefix(was, now)
+    tail = _common_suffix(was, now, min(len(was), len(now)) - head)
+    o2, n2 = len(was) - tail, len(now) - tail
+    if head == o2 and head == n2:
+        return []
+    if head == o2 or _SEPARATOR.search(was, head, o2) is None:
+        return [(head, o2, head, n2)]
+    return [(head + a, head + b, head + c, head + d) for a, b, c, d in _changes(was[head:o2], now[head:n2])]
+
+
 def _encode_body(
     leaf: _Leaf,
     body: bytes,
@@ -740,11 +726,12 @@ def _qp_rewrite(
     if not lines or b"".join(decoded) != old:
         return _qp_encode(new, eol, final=True)
     starts = [0, *accumulate(map(len, decoded))]
+    changes = _changes(old, new) if changes is None else _narrowed(changes, old, new, starts)
     last = len(lines) - 1
     out: list[bytes] = []
     copied = 0  # first line not yet copied or replaced
     group: list[int] | None = None  # [first line, last line, new start, new end]
-    for o1, o2, n1, n2 in _changes(old, new) if changes is None else changes:
+    for o1, o2, n1, n2 in changes:
         if o1 == o2 and group is not None:
             # An insertion between two lines goes with the line before: the line after stays.
             first = final = min(max(bisect_left(starts, o1) - 1, 0), last)
@@ -762,6 +749,46 @@ def _qp_rewrite(
         copied = _qp_flush(lines, new, eol, group, copied, out)
     out.append(b"".join(lines[copied:]))
     return b"".join(out)
+
+
+def _narrowed(
+    changes: list[tuple[int, int, int, int]], old: bytes, new: bytes, starts: list[int]
+) -> list[tuple[int, int, int, int]]:
+    """The edited spans ``changes``, cut down to the bytes that differ where that spares a line.
+
+    An edit may span more than its changes (a whole text replaced, the "http" of a URL kept),
+    and a line encoded again without need may come out different (a trailing space, "= "
+    before the line break). A span within one line is kept (that line is encoded again either
+    way) unless it changes nothing; a span across lines is cut down when that may spare one.
+    """
+    out: list[tuple[int, int, int, int]] = []
+    for o1, o2, n1, n2 in changes:
+        if o2 - o1 == n2 - n1 and old[o1:o2] == new[n1:n2]:
+            continue  # changes nothing
+        if (
+            o1 < o2
+            and starts[bisect_right(starts, o1)] < o2  # a line starts within the span
+            and _may_spare_a_line(old, new, starts, o1, o2, n1, n2)
+        ):
+            out += [(o1 + a, o1 + b, n1 + c, n1 + d) for a, b, c, d in _edit_changes(old[o1:o2], new[n1:n2])]
+        else:
+            out.append((o1, o2, n1, n2))
+    return out
+
+
+def _may_spare_a_line(
+    old: bytes, new: bytes, starts: list[int], o1: int, o2: int, n1: int, n2: int
+) -> bool:
+    """Whether cutting down a span across lines may leave a line out of it: when it holds
+    several words, or its first or last line is the same on both sides. A URL that changes
+    from its first line to its last, the usual edit, costs two slice comparisons."""
+    if _SEPARATOR.search(old, o1, o2) is not None:
+        return True
+    first_end = starts[bisect_right(starts, o1)]
+    if old[o1:first_end] == new[n1 : n1 + first_end - o1]:
+        return True
+    last_start = starts[bisect_right(starts, o2 - 1) - 1]
+    return old[last_start:o2] == new[max(n2 - (o2 - last_start), 0) : n2]
 
 
 def _qp_flush(
@@ -928,24 +955,16 @@ def _lines(data: bytes) -> list[bytes]:
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
-    """Length of the common prefix, by bisection over slice comparisons (done in C)."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    """Length of the common prefix: the two read as one big-endian number each, XORed, the
+    first differing byte is where the highest set bit is (a few calls in C, no Python loop)."""
+    size = min(len(a), len(b))
+    differ = int.from_bytes(a[:size], "big") ^ int.from_bytes(b[:size], "big")
+    return size - (differ.bit_length() + 7) // 8
 
 
 def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
-    """Length of the common suffix, at most ``limit``."""
-    lo, hi = 0, limit
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[len(a) - mid :] == b[len(b) - mid :]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    """Length of the common suffix, at most ``limit`` (as :func:`_common_prefix`, little-endian)."""
+    if limit <= 0:
+        return 0
+    differ = int.from_bytes(a[len(a) - limit :], "little") ^ int.from_bytes(b[len(b) - limit :], "little")
+    return limit - (differ.bit_length() + 7) // 8

@@ -32,6 +32,8 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 from urllib.parse import unquote_plus, urljoin
 
+from .splice import splice
+
 __all__ = [
     "Link",
     "canonical_url",
@@ -937,7 +939,7 @@ def rewrite_html(
     a document without one; with ``trap_url``, the hidden trap link (:data:`TRAP_TEMPLATE`) just
     before it. Raises ValueError for an index that is not one of the links.
     """
-    return _splice(
+    return splice(
         html,
         html_edits(
             html,
@@ -992,20 +994,6 @@ def html_edits(
         edits.append((at, at, added))
     edits.sort(key=_SPAN)
     return edits
-
-
-def _splice(doc: str, edits: list[tuple[int, int, str]]) -> str:
-    """``doc`` with each ``(start, end, new text)`` of ``edits`` (in order) applied."""
-    if not edits:
-        return doc
-    pieces = []
-    pos = 0
-    for start, end, value in edits:
-        pieces.append(doc[pos:start])
-        pieces.append(value)
-        pos = end
-    pieces.append(doc[pos:])
-    return "".join(pieces)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1083,7 +1071,7 @@ def rewrite_text(
     tracked_prefixes: Collection[str] = (),
 ) -> str:
     """The text with URL ``i`` (as :func:`find_text_links` numbers them) replaced by ``hrefs[i]``."""
-    return _splice(
+    return splice(
         text,
         text_edits(
             text,

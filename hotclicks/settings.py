@@ -30,6 +30,7 @@ __all__ = [
     "DKIM_SIGNED_POLICIES",
     "DOCS",
     "FLASK",
+    "LIST_UNSUBSCRIBE_POLICIES",
     "RELAY",
     "SETTINGS",
     "UPSTREAM_SECURITY",
@@ -40,6 +41,7 @@ __all__ = [
     "parse_bool",
     "parse_duration",
     "parse_list",
+    "parse_processes",
     "parse_workers",
     "readme_table",
     "relay_table",
@@ -56,6 +58,10 @@ UPSTREAM_SECURITY = ("none", "starttls", "tls")
 #: "keep" forwards it unchanged and untracked (its signature stays valid), "strip" removes the old
 #: signature and tracks it. With a key, the relay always re-signs.
 DKIM_SIGNED_POLICIES = ("keep", "strip")
+#: What to do with a marketing message's own List-Unsubscribe (an http(s) or mailto target):
+#: "keep" forwards it and its List-Unsubscribe-Post as the sender wrote them (the sender's system
+#: gets the opt-outs), "replace" puts the relay's one-click URL first, the sender's mailto second.
+LIST_UNSUBSCRIBE_POLICIES = ("keep", "replace")
 
 # -- parsers: a value as a flag, a variable or a TOML file gives it, to what the code uses ---------
 
@@ -97,6 +103,16 @@ def parse_workers(value: str | int) -> int:
     if workers < 0:
         raise ValueError("expected 0 or more, or auto")
     return workers
+
+
+def parse_processes(value: str | int) -> int:
+    """A number of relay processes, or "auto": one per core."""
+    if str(value).strip().lower() == "auto":
+        return os.cpu_count() or 1
+    processes = int(value)
+    if processes < 1:
+        raise ValueError("expected 1 or more, or auto")
+    return processes
 
 
 def parse_list(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -196,6 +212,7 @@ _RELAY_ONLY = (
     Setting("upstream", "HOST:PORT of the mail server to forward to", "127.0.0.1:25", metavar="HOST:PORT"),
     Setting("open_pixel", "add the open pixel to HTML parts", True, parse_bool),
     Setting("trap_link", "add the hidden trap link to HTML parts: only link scanners click it, which tells their clicks from people's", True, parse_bool),
+    Setting("list_unsubscribe", "a marketing message's own List-Unsubscribe (http(s) or mailto): keep it and its List-Unsubscribe-Post as the sender wrote them, or replace it with the relay's one-click URL (the sender's mailto kept second); a message without one gets the relay's either way", "keep", choices=LIST_UNSUBSCRIBE_POLICIES),
     Setting("transactional_period", "period of a transactional delivery's executions", "month", choices=PERIODS),
     Setting("quiet_gap", "a recurring delivery without X-HotClicks-Run starts a new run after this long without a message", "1h", **_DURATION_ARGS),
     Setting("spool_dir", "directory where accepted mail waits for the upstream (this relay's alone)", DEFAULT_SPOOL_DIR, metavar="DIR"),
@@ -209,6 +226,7 @@ _RELAY_ONLY = (
     Setting("upstream_timeout", "seconds to wait for the upstream before counting it down", 60.0, float, metavar="SECONDS"),
     Setting("upstream_connections", "connections to the upstream, each delivering one copy at a time", 8, int, metavar="N"),
     Setting("rewrite_workers", "worker processes that rewrite the copies, so that rewriting uses another core; 0: the relay process rewrites; auto: 1 on a machine of 2 cores or more", "auto", parse_workers, metavar="N"),
+    Setting("processes", "relay processes accepting on the --listen socket, each with a spool of its own (--spool-dir/0, /1, ...), one that dies restarted; 1: a single relay process, no supervisor; auto: one per core", "auto", parse_processes, metavar="N"),
     Setting("retry_delay", "first retry after a temporary failure; doubles each time", "1m", **_DURATION_ARGS),
     Setting("retry_max_delay", "longest wait between two retries", "1h", **_DURATION_ARGS),
     Setting("max_queue_age", "a copy not delivered this long after acceptance is marked failed", "5d", **_DURATION_ARGS),
@@ -254,6 +272,9 @@ _FLASK_ONLY = (
     _flask("bot_sweep_links", "How many different links make a sweep.", 4, int),
     _flask("bot_all_links_seconds", "Every visible link of a message of at least `HOTCLICKS_BOT_ALL_LINKS_MIN` links clicked within this many seconds: all of those clicks are a scanner's. `0` turns the rule off.", 60.0, float),
     _flask("bot_all_links_min", "The fewest links a message must have for the every-link rule.", 3, int),
+    _flask("bot_fleet_recipients", "A client (its stored address prefix) that clicked the messages of this many recipients or more, each within `HOTCLICKS_BOT_FLEET_SECONDS` of its delivery, making `HOTCLICKS_BOT_FLEET_SHARE` of the recipients it clicked for, is a scanner in front of many mailboxes: its early clicks are machines'.", 5, int),
+    _flask("bot_fleet_seconds", "What \"just after delivery\" means for the fleet rule, in seconds.", 120.0, float),
+    _flask("bot_fleet_share", "The share of a client's recipients clicked just after delivery that makes it a fleet (a company's people click at their own pace, most of them later). `0` turns the fleet rule off.", 0.8, float),
     _flask("bot_user_agents", "More user agents to count as machines: regular expressions, case-insensitive, added to the built-in list (`hotclicks.bots.KNOWN_AGENTS`).", (), parse_list),
     _flask("bot_apple_mpp_opens", "Count Apple Mail Privacy Protection's proxy opens as machine opens.", True, parse_bool),
     _flask("bot_networks_dir", "The operator's directory of client network lists (`flask hotclicks bots networks add`): they replace shipped lists of the same name and add others. `None`: `<instance path>/hotclicks-networks`.", None, str),

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import logging
 import os
 import signal
+import socket
 import sys
 import tomllib
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hotclicks import db
@@ -27,8 +28,9 @@ from hotclicks.settings import RELAY, Setting
 from .auth import hash_password
 from .config import RelayConfig, parse_host_port
 from .handler import RelaySMTP
+from .processes import process_spool, supervise
 from .server import _tls_context, build_handler, smtp_kwargs
-from .spool import RETRY_TRIGGER, iter_entries
+from .spool import RETRY_TRIGGER, iter_entries, spool_dirs
 
 log = logging.getLogger("smtp_relay")
 
@@ -191,8 +193,9 @@ def run_db_command(database_url: str, action: str) -> None:
 
 
 def show_queue(spool_dir: str) -> int:
-    """Print the spool, one copy a line; how many copies there are."""
-    entries = list(iter_entries(Path(spool_dir) / "queue"))
+    """Print the spool (each relay process's, with ``--processes``), one copy a line; how many
+    copies there are."""
+    entries = [entry for directory in spool_dirs(spool_dir) for entry in iter_entries(directory / "queue")]
     for entry in entries:
         state = f"deferred, attempt {entry.attempts}, next {entry.next_attempt_at}" if entry.attempts else "queued"
         print(
@@ -206,25 +209,29 @@ def show_queue(spool_dir: str) -> int:
 
 
 def request_retry(spool_dir: str) -> None:
-    """Ask the relay that owns the spool to retry every deferred copy now."""
-    directory = Path(spool_dir)
-    if not (directory / "queue").is_dir():
+    """Ask the relay that owns the spool (every relay process, with ``--processes``) to retry
+    every deferred copy now."""
+    directories = spool_dirs(spool_dir)
+    if not directories:
         raise ConfigurationError(f"no spool at {spool_dir!r} (--spool-dir)")
-    (directory / RETRY_TRIGGER).touch()
+    for directory in directories:
+        (directory / RETRY_TRIGGER).touch()
     print(f"retry requested: the relay using {spool_dir} retries its deferred copies within a second")
 
 
-async def serve(config: RelayConfig) -> None:
-    """Run the relay until SIGTERM or SIGINT; in-flight transactions finish first."""
+async def serve(config: RelayConfig, sock: socket.socket | None = None, ready: Callable[[], None] | None = None) -> None:
+    """Run the relay until SIGTERM or SIGINT; in-flight transactions finish first.
+
+    With ``sock`` (a relay process of ``--processes``), it accepts on that socket, bound by the
+    supervisor, and calls ``ready`` once it does instead of announcing itself."""
     handler = build_handler(config)
     loop = asyncio.get_running_loop()
     kwargs = smtp_kwargs(config, handler.authenticator)
     ssl_context = _tls_context(config) if config.implicit_tls else None
+    address = {"sock": sock} if sock is not None else {"host": config.listen[0], "port": config.listen[1]}
     try:
         await handler.start()
-        server = await loop.create_server(
-            lambda: RelaySMTP(handler, loop=loop, **kwargs), *config.listen, ssl=ssl_context
-        )
+        server = await loop.create_server(lambda: RelaySMTP(handler, loop=loop, **kwargs), ssl=ssl_context, **address)
     except OSError as exc:
         await handler.stop(0)
         handler.spool.close()
@@ -234,7 +241,10 @@ async def serve(config: RelayConfig) -> None:
         loop.add_signal_handler(signum, stop.set)
     host, port = config.listen
     log.info("relay listening on %s:%s, forwarding to %s:%s, spool %s", host, port, *config.upstream, config.spool_dir)
-    print(f"hotclicks-relay listening on {host}:{port}", flush=True)
+    if ready is None:
+        print(f"hotclicks-relay listening on {host}:{port}", flush=True)
+    else:
+        ready()
     await stop.wait()
     log.info("stopping: no new connections, finishing the transactions in flight")
     server.close()
@@ -260,8 +270,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "accounts":
             run_accounts_command(settings["database_url"], args)
         else:
-            asyncio.run(serve(config_from_settings(settings)))
+            config = config_from_settings(settings)
+            if config.processes > 1:
+                _check_start(config)
+                return supervise(config, _run_process)
+            asyncio.run(serve(config))
     except ConfigurationError as exc:
-        print(f"hotclicks-relay: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(exc)
+    return 0
+
+
+def _error(exc: ConfigurationError) -> int:
+    print(f"hotclicks-relay: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _check_start(config: RelayConfig) -> None:
+    """Fail as a single relay would at start (settings, TLS files, database, spool), once and
+    before any relay process is forked: their errors would be said N times, or lost."""
+    handler = build_handler(dataclasses.replace(config, spool_dir=process_spool(config.spool_dir, 0)))
+    try:
+        smtp_kwargs(config, handler.authenticator)
+    finally:
+        handler.close()
+
+
+def _run_process(config: RelayConfig, sock: socket.socket, ready: Callable[[], None]) -> int:
+    """One relay process of ``--processes``, in the supervisor's fork; its exit code."""
+    try:
+        asyncio.run(serve(config, sock, ready))
+    except ConfigurationError as exc:
+        return _error(exc)
     return 0

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from hotclicks.errors import ConfigurationError
 from hotclicks.executions import PERIODS
-from hotclicks.settings import DEFAULT_SPOOL_DIR, DKIM_SIGNED_POLICIES, UPSTREAM_SECURITY, default
+from hotclicks.settings import DEFAULT_SPOOL_DIR, DKIM_SIGNED_POLICIES, LIST_UNSUBSCRIBE_POLICIES, UPSTREAM_SECURITY, default
 
 __all__ = [
     "DEFAULT_SPOOL_DIR", "DKIM_SIGNED_POLICIES", "UPSTREAM_SECURITY", "RelayConfig",
@@ -70,6 +70,8 @@ class RelayConfig:
     open_pixel: bool = default("open_pixel")
     #: Add the hidden trap link to HTML parts (a click on it is a scanner's).
     trap_link: bool = default("trap_link")
+    #: A marketing message's own List-Unsubscribe: "keep" (as the sender wrote it) or "replace" (ours).
+    list_unsubscribe: str = default("list_unsubscribe")
     #: A transactional delivery's execution period: "day", "week" or "month".
     transactional_period: str = default("transactional_period")
     #: A recurring delivery without a run header starts a new run after this long without mail.
@@ -94,6 +96,9 @@ class RelayConfig:
     #: work shares one core (one Python process); a worker lets rewriting use another. Unset,
     #: "auto" as on the command line: 1 on a machine of 2 cores or more, resolved when built.
     rewrite_workers: int = field(default_factory=partial(default, "rewrite_workers"))
+    #: Relay processes sharing the listening socket, each with its spool ``<spool_dir>/<n>``; only
+    #: the command line's supervisor reads it (1: no supervisor). "auto": one per core.
+    processes: int = field(default_factory=partial(default, "processes"))
     #: The name the relay gives itself (SMTP banner and EHLO); the machine's FQDN when None.
     hostname: str | None = default("hostname")
     #: Where accepted messages wait for delivery; a directory of this relay alone.
@@ -149,6 +154,10 @@ class RelayConfig:
                 f"the transactional period must be one of {', '.join(PERIODS)}, "
                 f"not {self.transactional_period!r}"
             )
+        if self.list_unsubscribe not in LIST_UNSUBSCRIBE_POLICIES:
+            raise ConfigurationError(
+                f"--list-unsubscribe must be one of {', '.join(LIST_UNSUBSCRIBE_POLICIES)}, not {self.list_unsubscribe!r}"
+            )
         if self.upstream_security not in UPSTREAM_SECURITY:
             raise ConfigurationError(
                 f"--upstream-security must be one of {', '.join(UPSTREAM_SECURITY)}, not {self.upstream_security!r}"
@@ -178,7 +187,7 @@ class RelayConfig:
             raise ConfigurationError("upstream AUTH needs both --upstream-username and --upstream-password")
         for name in (
             "max_message_size", "max_recipients", "upstream_connections", "auth_max_failures",
-            "max_connections", "max_connections_per_client",
+            "max_connections", "max_connections_per_client", "processes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"--{name.replace('_', '-')} must be at least 1")

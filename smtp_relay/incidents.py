@@ -15,6 +15,7 @@ __all__ = [
     "INCIDENT_DKIM_RESIGNED",
     "INCIDENT_DKIM_STRIPPED",
     "INCIDENT_GIVEN_UP",
+    "INCIDENT_MARKS_KEPT",
     "INCIDENT_UNPARSED",
     "Incident",
 ]
@@ -26,6 +27,8 @@ INCIDENT_UNPARSED = "forwarded-unchanged"
 INCIDENT_DKIM_KEPT = "dkim-kept"
 INCIDENT_DKIM_STRIPPED = "dkim-stripped"
 INCIDENT_DKIM_RESIGNED = "dkim-resigned"
+#: A message forwarded with its X-HotClicks-* fields: its DKIM signature covers them.
+INCIDENT_MARKS_KEPT = "marks-kept"
 INCIDENT_GIVEN_UP = "given-up"
 
 

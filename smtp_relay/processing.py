@@ -61,6 +61,7 @@ class MessageProcessor:
         self.config = config
         self.recorder = Recorder(config, sessions, clock)
         self._dkim_policy = DkimPolicy(resign=dkim_signer is not None, strip=config.dkim_signed == "strip")
+        self._keep_unsubscribe = config.list_unsubscribe == "keep"
         self._link_options = LinkOptions(
             frozenset(config.personal_params), frozenset(config.excluded_domains), (config.tracking_base + "/",)
         )
@@ -75,14 +76,16 @@ class MessageProcessor:
     def prepare(self, mail_from: str, recipients: Sequence[str], raw: bytes, mail_options: Sequence[str] = ()) -> Prepared:
         """The copies to spool for a transaction; blocking, run it in a thread."""
         recipients = list(recipients)
-        decision = decide(mail_from, recipients, raw, self._dkim_policy, self._link_options)
+        decision = decide(
+            mail_from, recipients, raw, self._dkim_policy, self._link_options, keep_unsubscribe=self._keep_unsubscribe
+        )
         if not isinstance(decision, Tracked):
             copy = _entry(mail_from, mail_options, recipients, decision.data, note=decision.note, delivery=decision.delivery)
             return Prepared([copy], incidents=decision.incidents, counters=[COUNTER_UNTRACKED])
         recorded = self._record(decision, recipients)
         message_ids = [row.message_id for row in recorded.rows]
         try:
-            draft = Draft(decision.data, decision.parsed, decision.scanned, decision.marketing, decision.mailto)
+            draft = Draft(decision.data, decision.parsed, decision.scanned, decision.list_unsubscribe, decision.mailto)
             sent = [row for row in recorded.rows if not row.suppressed]
             targets = {key: (url.id, url.url) for key, url in recorded.tracked.items()}
             rendered = self.renderer.render(draft, [row.message_id for row in sent], targets)

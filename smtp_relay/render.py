@@ -59,13 +59,13 @@ class CopyMaker:
 class Draft:
     """A transaction's message as each of its copies starts from it."""
 
-    #: Without the header fields the relay replaces (marks, DKIM, List-Unsubscribe).
+    #: Without the header fields the relay removes or replaces (X-HotClicks-*, DKIM, List-Unsubscribe).
     data: bytes
     #: The message's text parts and their links; None: its links are not rewritten.
     parsed: ParsedMessage | None = None
     scanned: Sequence[ScannedPart] | None = None
-    #: A marketing message gets List-Unsubscribe fields, the sender's mailto kept beside ours.
-    marketing: bool = False
+    #: Each copy gets the relay's List-Unsubscribe fields, the sender's mailto kept beside ours.
+    list_unsubscribe: bool = False
     mailto: str | None = None
 
 
@@ -99,8 +99,8 @@ def render_copy(
 
 
 def _finish(data: bytes, draft: Draft, message_id: int, signer: TokenSigner, maker: CopyMaker) -> bytes:
-    """A copy's header fields: its own List-Unsubscribe (marketing), then the DKIM signature."""
-    if draft.marketing:
+    """A copy's header fields: its own List-Unsubscribe (when the relay adds it), then the DKIM signature."""
+    if draft.list_unsubscribe:
         unsubscribe = links.list_unsubscribe_headers(signer, maker.base_url, message_id, mailto=draft.mailto)
         data = edit_headers(data, add=list(unsubscribe.items()))
     if maker.dkim is not None:

@@ -13,7 +13,8 @@ A copy's retry state (attempts, next attempt, last reply, recipients still to de
 upstream answered 250 (or 5xx, or it was given up). A crash between the upstream's 250 and that
 removal makes the copy go out again on restart: the one window where a duplicate is possible.
 
-A spool belongs to one relay: it is locked (``flock``) for the relay's lifetime.
+A spool belongs to one relay: it is locked (``flock``) for the relay's lifetime. With
+``--processes N`` each relay process has its own, ``<spool-dir>/<n>`` (:func:`spool_dirs`).
 """
 
 from __future__ import annotations
@@ -227,6 +228,32 @@ def iter_entries(queue: Path) -> Iterator[SpoolEntry]:
             entry.last_reply = state["last_reply"]
             entry.recipients = state["recipients"]
         yield entry
+
+
+def spool_dirs(directory: str | os.PathLike[str]) -> list[Path]:
+    """The spools under ``--spool-dir``: its own (a single relay's) and its relay processes'
+    (``<n>/``), those that exist."""
+    top = Path(directory)
+    numbered = sorted((p for p in top.glob("[0-9]*") if p.name.isdigit()), key=lambda p: int(p.name))
+    return [d for d in (top, *numbered) if (d / "queue").is_dir()]
+
+
+def move_entries(source: Spool, target: Spool) -> int:
+    """Hand every copy of ``source`` to ``target`` (both open, so locked); how many moved.
+
+    The state goes before the copy: a crash in between leaves the copy where it was, and its
+    state beside the copy's future place, where the next move finds it."""
+    moved = 0
+    for path in sorted(source.queue.glob("*" + _SUFFIX)):
+        state = path.with_suffix(_STATE)
+        if state.exists():
+            os.rename(state, target.queue / state.name)
+        os.rename(path, target.queue / path.name)
+        moved += 1
+    if moved:
+        _fsync_dir(target.queue)
+        _fsync_dir(source.queue)
+    return moved
 
 
 def is_disk_full(exc: OSError) -> bool:

@@ -201,6 +201,7 @@ def app(engine: Engine, database_url: str) -> Iterator[Flask]:
         HOTCLICKS_BOT_BURST_SECONDS=0,
         HOTCLICKS_BOT_SWEEP_SECONDS=0,
         HOTCLICKS_BOT_ALL_LINKS_SECONDS=0,
+        HOTCLICKS_BOT_FLEET_SHARE=0,
     )
     HotClicks(app)
     yield app

@@ -175,3 +175,12 @@ def accepts(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (not gone, not a zombie), from /proc (Linux)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -34,6 +34,7 @@ PURE = [
     "hotclicks.rewrite",
     "hotclicks.senders",
     "hotclicks.settings",
+    "hotclicks.splice",
     "hotclicks.tokens",
 ]
 FRAMEWORKS = ("sqlalchemy", "flask", "aiosmtpd")

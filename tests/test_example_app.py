@@ -36,8 +36,8 @@ def test_the_demo_produces_the_executions_and_percentages_its_clicks_imply(shop,
             for code in ("spring-news", "weekly-digest", "order-confirmation")
         }
     assert len(executions["spring-news"]) == 1
-    assert len(executions["weekly-digest"]) == 3  # three runs, the last with the updated template
-    assert len({e.version for e in executions["weekly-digest"]}) == 2
+    assert len(executions["weekly-digest"]) == 3  # three runs, the template changed each week
+    assert len({e.version for e in executions["weekly-digest"]}) == 3
     orders = executions["order-confirmation"]
     assert len(orders) == 2 and orders[0].period == orders[1].period  # republished in the month
     assert orders[0].version != orders[1].version
@@ -58,6 +58,17 @@ def test_the_demo_produces_the_executions_and_percentages_its_clicks_imply(shop,
     for link in report["links"]:
         assert link["percent"] == pytest.approx(100 * link["clicks"] / total, abs=0.01)
 
+    # The digest's last run compared with the one before: its links matched by name, moved or not.
+    second, third = executions["weekly-digest"][1:]
+    compared = client.get(
+        f"/hotclicks/api/deliveries/weekly-digest/hot-clicks?execution={third.id}&compare={second.id}"
+    ).get_json()
+    assert compared["compare"]["id"] == second.id
+    by_name = {link["name"]: link for link in compared["links"]}
+    assert {"playlist", "repotting", "linen", "journal"} <= {n for n, l in by_name.items() if "delta_points" in l and l["compare_percent"] is not None}
+    assert by_name["summer-fabrics"]["compare_percent"] is None  # new this week
+    assert [link["name"] for link in compared["gone_links"]] == ["weavers"]
+
 
 def test_the_reports_are_behind_the_example_apps_login(shop):
     client = shop.test_client()
@@ -76,3 +87,4 @@ def test_test_profiles_of_the_seed_are_registered(shop, sessions):
     with sessions() as session:
         names = set(session.scalars(select(TestProfile.name)))
     assert names == {name for name, _, _ in TEST_PROFILES}
+

@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from hotclicks.errors import MimeError
 from hotclicks.executions import HEADERS, MarkError, read_marks
-from hotclicks.mime import edit_headers, read_headers, text_parts
+from hotclicks.mime import edit_headers, parse_message, read_headers
 from hotclicks.db.models import RelayIncident
 from hotclicks.rewrite import PIXEL_TEMPLATE, TRAP_TEMPLATE
 from smtp_relay.handler import RelaySMTP
@@ -43,7 +43,8 @@ from .test_mime_corpus import wrap_base64, wrap_qp
 
 #: Longest a relay may take to answer one message before the campaign calls it a hang.
 HANG_BOUND = 120.0
-#: Fields the relay removes from a tracked message (and adds back, for List-Unsubscribe).
+#: Fields the relay removes from a tracked message (and adds back, for List-Unsubscribe); it
+#: removes any other X-HotClicks-* field too (see own_fields).
 RELAY_FIELDS = tuple(name.lower() for name in HEADERS) + ("list-unsubscribe", "list-unsubscribe-post", "dkim-signature")
 _URL = re.compile(r"(?:https?://|www\.)[^\s\"'<>]+", re.I)
 _PIXEL = re.compile(
@@ -115,7 +116,7 @@ def text_of(part: email.message.Message) -> str:
 def own_fields(message: email.message.Message, rewritable_leaf: bool) -> list[tuple[str, str]]:
     """The top-level fields the relay must leave alone, raw, in order."""
     ignored = RELAY_FIELDS + (("content-transfer-encoding",) if rewritable_leaf else ())
-    return [(k, v) for k, v in message.items() if k.lower() not in ignored]
+    return [(k, v) for k, v in message.items() if k.lower() not in ignored and not k.lower().startswith("x-hotclicks-")]
 
 
 def check_forwarded(received: bytes, forwarded: bytes) -> bool:
@@ -161,7 +162,7 @@ def relay_can_parse(received: bytes) -> bool | None:
         headers = read_headers(received)
         if read_marks(headers) is None or headers.get("DKIM-Signature") is not None:
             return None
-        text_parts(edit_headers(received, remove=RELAY_FIELDS))
+        parse_message(edit_headers(received, remove=RELAY_FIELDS))
     except (MimeError, MarkError):
         return False
     return True

@@ -13,26 +13,62 @@ import re
 from collections.abc import Callable
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hotclicks.errors import MimeError
 from hotclicks.mime import (
     TextPart,
     edit_headers,
+    edit_message,
+    parse_message,
     read_headers,
-    rewrite_message,
     split_header,
-    text_parts,
 )
 
 URL = "http://a.example/page"
 TRACKED = "https://track.example/x/123"
 
 
-def track(part: TextPart) -> str:
-    """The transform of most tests: one URL becomes one tracked URL."""
-    return part.text.replace(URL, TRACKED)
+#: Edits of one part's text, as the rewriter gives them: (start, end, new text), in order.
+Edits = list[tuple[int, int, str]]
+#: What a test changes in each part: its edits, a whole new text, or None (nothing).
+Transform = Callable[[TextPart], "Edits | str | None"]
+
+
+def replacing(text: str, old: str, new: str) -> Edits:
+    """The edits that replace each ``old`` of ``text`` by ``new``."""
+    return [(m.start(), m.end(), new) for m in re.finditer(re.escape(old), text)]
+
+
+def track(part: TextPart) -> Edits:
+    """The edits of most tests: each URL becomes one tracked URL."""
+    return replacing(part.text, URL, TRACKED)
+
+
+def applied(text: str, answer: Edits | str | None) -> str:
+    """The new text a transform's answer stands for."""
+    if answer is None or isinstance(answer, str):
+        return text if answer is None else answer
+    pieces, pos = [], 0
+    for start, end, new in answer:
+        pieces += (text[pos:start], new)
+        pos = end
+    return "".join(pieces) + text[pos:]
+
+
+def rewrite(raw: bytes, transform: Transform) -> bytes:
+    """The relay's path: the message parsed once, then edited; a whole new text is one edit of
+    the whole text (edit_message finds what differs in it)."""
+    parsed = parse_message(raw)
+    edits: dict[int, Edits] = {}
+    for part in parsed.parts:
+        answer = transform(part)
+        if isinstance(answer, str):
+            answer = [(0, len(part.text), answer)]
+        if answer:
+            edits[part.index] = answer
+    return edit_message(parsed, edits)
 
 
 def crlf(raw: bytes) -> bytes:
@@ -101,20 +137,18 @@ def codec_for(charset: str, data: bytes) -> tuple[str, str]:
         return info.name, "surrogateescape"
 
 
-def check_rewrite(raw: bytes, out: bytes, transform: Callable[[TextPart], str | None]) -> None:
+def check_rewrite(raw: bytes, out: bytes, transform: Transform) -> None:
     """``out`` parses to the same tree, rewritten parts decode to the new text, others as before."""
     before, after = stdlib(raw), stdlib(out)
     assert tree(after) == tree(before)
     old_parts, new_parts = rewritable(before), rewritable(after)
-    ours = text_parts(raw)
+    ours = parse_message(raw).parts
     assert len(ours) == len(old_parts) == len(new_parts)
     for ours_part, old, new in zip(ours, old_parts, new_parts):
         old_data = payload(old)
         codec, errors = codec_for(ours_part.charset, old_data)
         assert ours_part.text == old_data.decode(codec, errors)
-        expected = transform(ours_part)
-        if expected is None:
-            expected = ours_part.text
+        expected = applied(ours_part.text, transform(ours_part))
         assert payload(new) == expected.encode(codec, errors)
         assert payload(new).decode(codec, errors) == expected
     rewritten = {id(p) for p in new_parts}
@@ -140,7 +174,7 @@ def test_split_header_without_a_blank_line_is_an_error() -> None:
 
 def test_a_line_that_is_no_header_field_is_an_error() -> None:
     with pytest.raises(MimeError, match="not a header field"):
-        text_parts(b"Subject: hi\nthis is body text\n\nmore\n")
+        parse_message(b"Subject: hi\nthis is body text\n\nmore\n")
 
 
 def test_read_headers_parses_the_top_level_block_only() -> None:
@@ -223,35 +257,42 @@ QP_HTML = crlf(
 )
 
 
-def test_text_parts_of_a_single_part_quoted_printable_html() -> None:
-    assert text_parts(QP_HTML) == [
+def test_the_parts_of_a_single_part_quoted_printable_html() -> None:
+    assert parse_message(QP_HTML).parts == (
         TextPart(
             0,
             "html",
             "utf-8",
             '<p>Café <a href="http://a.example/page">link</a></p>\r\n<p>unchanged line</p>\r\n',
-        )
-    ]
+        ),
+    )
 
 
 def test_rewrite_single_part_quoted_printable_html() -> None:
-    out = rewrite_message(QP_HTML, track)
+    out = rewrite(QP_HTML, track)
     assert out == QP_HTML.replace(b"http://a.example/page", b"https://track.example/x/123")
     check_rewrite(QP_HTML, out, track)
 
 
-def test_none_or_the_same_text_gives_back_the_very_same_bytes() -> None:
-    assert rewrite_message(QP_HTML, lambda part: None) is QP_HTML
-    assert rewrite_message(QP_HTML, lambda part: part.text) is QP_HTML
+def test_no_edit_or_edits_that_change_nothing_give_back_the_very_same_bytes() -> None:
+    parsed = parse_message(QP_HTML)
+    [part] = parsed.parts
+    assert edit_message(parsed, {}) is QP_HTML
+    assert edit_message(parsed, {0: []}) is QP_HTML
+    assert edit_message(parsed, {0: [(0, len(part.text), part.text)]}) is QP_HTML
+    assert edit_message(parsed, {0: [(3, 7, part.text[3:7]), (9, 9, "")]}) is QP_HTML
 
 
-def test_transform_must_return_text() -> None:
-    with pytest.raises(TypeError):
-        rewrite_message(QP_HTML, lambda part: part.text.encode())  # type: ignore[arg-type,return-value]
+def test_a_parsed_message_is_edited_as_many_times_as_needed() -> None:
+    """The relay parses once and makes one copy per recipient."""
+    parsed = parse_message(QP_HTML)
+    first = edit_message(parsed, {0: track(parsed.parts[0])})
+    assert edit_message(parsed, {0: track(parsed.parts[0])}) == first
+    assert edit_message(parsed, {}) is QP_HTML
 
 
 def test_text_part_is_immutable() -> None:
-    part = text_parts(QP_HTML)[0]
+    part = parse_message(QP_HTML).parts[0]
     with pytest.raises(AttributeError):
         part.text = "x"  # type: ignore[misc]
 
@@ -279,24 +320,30 @@ def test_quoted_printable_keeps_the_encoded_lines_around_a_change() -> None:
         + b"</p>\r\n"
         b"<p>tail</p>\r\n"
     )
-    out = rewrite_message(qp_message(before), track)
+    out = rewrite(qp_message(before), track)
     assert out == qp_message(after)
     check_rewrite(qp_message(before), out, track)
 
 
-def test_quoted_printable_keeps_the_unchanged_lines_of_a_long_part_that_gains_a_line() -> None:
+@pytest.mark.parametrize("whole", [False, True], ids=["edits", "whole-text"])
+def test_quoted_printable_keeps_the_unchanged_lines_of_a_long_part_that_gains_a_line(
+    whole: bool,
+) -> None:
     """Every URL of a long part rewritten and a line added near its end (as an open pixel is):
     only the lines holding a change are encoded again, however far apart (the filler is wrapped
-    shorter than an encoder would wrap it, so a filler line encoded again would show)."""
+    shorter than an encoder would wrap it, so a filler line encoded again would show), be they
+    edited one by one or in one edit of the whole text."""
     rows = [b"<p>filler %03d " % i + b"f" * 40 + b"=\r\n" + b"g" * 50 + b"</p>\r\n" for i in range(300)]
     for i in range(0, 300, 5):
         rows[i] = b'<p>item %d <a href=3D"http://a.example/page">x</a></p>\r\n' % i
     before = b"".join(rows) + b"</body>\r\n"
 
-    def track_and_add(part: TextPart) -> str:
-        return track(part).replace("</body>", '<img src="https://track.example/o/1">\r\n</body>')
+    def track_and_add(part: TextPart) -> Edits | str:
+        at = part.text.index("</body>")
+        edits = [*track(part), (at, at, '<img src="https://track.example/o/1">\r\n')]
+        return applied(part.text, edits) if whole else edits
 
-    out = rewrite_message(qp_message(before), track_and_add)
+    out = rewrite(qp_message(before), track_and_add)
     check_rewrite(qp_message(before), out, track_and_add)
     old_lines = before.split(b"\r\n")
     new_lines = split_header(out)[1].split(b"\r\n")
@@ -306,10 +353,25 @@ def test_quoted_printable_keeps_the_unchanged_lines_of_a_long_part_that_gains_a_
     assert len(set(new_lines) - set(old_lines)) <= 60 + 2  # the 60 URL lines, the pixel's
 
 
+def test_quoted_printable_keeps_the_odd_lines_a_wide_edit_does_not_change() -> None:
+    """An edit wider than its change (here the whole text) re-encodes only the lines holding
+    the change: the lone "= " line and the trailing spaces after it stay as they were, where
+    encoding them again would give "=3D=20" and "=20" (found by the property test below)."""
+    before = b'<a href=3D"http://a.example/page">x</a>=\r\n= \r\nend \r\n= '
+    after = b'<a href=3D"https://track.example/x/123">x</a>=\r\n= \r\nend \r\n= '
+    parsed = parse_message(qp_message(before))
+    [part] = parsed.parts
+    assert part.text == '<a href="http://a.example/page">x</a>= \r\nend \r\n= '
+    new = part.text.replace(URL, TRACKED)
+    out = edit_message(parsed, {0: [(0, len(part.text), new)]})
+    assert out == qp_message(after)
+    assert payload(stdlib(out)).decode() == new
+
+
 def test_quoted_printable_url_across_a_soft_break() -> None:
     before = b'<p>head</p>\r\n<a href=3D"http://a.exa=\r\nmple/page">x</a>\r\n<p>tail</p>'
     after = b'<p>head</p>\r\n<a href=3D"https://track.example/x/123">x</a>\r\n<p>tail</p>'
-    assert rewrite_message(qp_message(before), track) == qp_message(after)
+    assert rewrite(qp_message(before), track) == qp_message(after)
 
 
 def test_quoted_printable_wraps_a_line_that_grows_past_76() -> None:
@@ -318,7 +380,7 @@ def test_quoted_printable_wraps_a_line_that_grows_past_76() -> None:
         b"<p>" + b"c" * 50 + b' <a href=3D"https://tr=\r\n'
         b'ack.example/x/123">go</a></p>\r\n'
     )
-    out = rewrite_message(qp_message(before), track)
+    out = rewrite(qp_message(before), track)
     assert out == qp_message(after)
     assert max(len(line) for line in out.split(b"\r\n")) <= 76
 
@@ -331,7 +393,7 @@ def test_quoted_printable_escapes_trailing_space_and_equals_and_new_non_ascii() 
         b"see http://a.example/page\n"
         b"end"
     )
-    out = rewrite_message(raw, lambda p: p.text.replace(URL, "https://t.example/?a=1 é "))
+    out = rewrite(raw, lambda p: p.text.replace(URL, "https://t.example/?a=1 é "))
     assert out.endswith(b"\n\nsee https://t.example/?a=3D1 =C3=A9=20\nend")
     assert stdlib(out).get_content() == "see https://t.example/?a=1 é \nend"
 
@@ -344,7 +406,7 @@ def test_base64_keeps_line_length_and_line_ending() -> None:
         b"Content-Transfer-Encoding: base64\n"
         b"\n" + body
     )
-    out = rewrite_message(raw, track)
+    out = rewrite(raw, track)
     new_html = html.replace(URL.encode(), TRACKED.encode())
     assert out == raw[: raw.index(b"\n\n") + 2] + base64.encodebytes(new_html)
     check_rewrite(raw, out, track)
@@ -357,7 +419,7 @@ def test_base64_with_crlf_and_64_character_lines() -> None:
     raw = crlf(b"Content-Type: text/html\nContent-Transfer-Encoding: base64\n\n") + b"\r\n".join(
         lines
     )
-    out = rewrite_message(raw, track)
+    out = rewrite(raw, track)
     new_lines = split_header(out)[1].split(b"\r\n")
     assert {len(line) for line in new_lines[:-1]} == {64}
     assert 0 < len(new_lines[-1]) <= 64
@@ -372,24 +434,24 @@ def test_8bit_utf8_is_rewritten_in_place() -> None:
         "\n"
         "Grüße, visit http://a.example/page — merci\n"
     ).encode()
-    assert text_parts(raw)[0].charset == "utf-8"
-    out = rewrite_message(raw, track)
+    assert parse_message(raw).parts[0].charset == "utf-8"
+    out = rewrite(raw, track)
     assert out == raw.replace(b"http://a.example/page", b"https://track.example/x/123")
     check_rewrite(raw, out, track)
 
 
 def test_undeclared_charset_with_latin1_bytes_round_trips_as_latin1() -> None:
     raw = b"Subject: old mailer\n\ncaf\xe9 http://a.example/page\n"
-    [part] = text_parts(raw)
+    [part] = parse_message(raw).parts
     assert part == TextPart(0, "plain", "", "café http://a.example/page\n")
-    out = rewrite_message(raw, track)
+    out = rewrite(raw, track)
     assert out == b"Subject: old mailer\n\ncaf\xe9 https://track.example/x/123\n"
 
 
 def test_undeclared_charset_with_valid_utf8_is_utf8() -> None:
     raw = "Content-Type: text/html\n\n<b>café</b> http://a.example/page\n".encode()
-    assert text_parts(raw)[0].text == "<b>café</b> http://a.example/page\n"
-    out = rewrite_message(raw, lambda p: p.text.replace(URL, "https://t.example/€"))
+    assert parse_message(raw).parts[0].text == "<b>café</b> http://a.example/page\n"
+    out = rewrite(raw, lambda p: p.text.replace(URL, "https://t.example/€"))
     assert out == "Content-Type: text/html\n\n<b>café</b> https://t.example/€\n".encode()
 
 
@@ -400,30 +462,30 @@ def test_unknown_charset_carries_its_bytes_through_unchanged() -> None:
         b"\n"
         b'\x8a\xff\xe9 <a href="http://a.example/page">\xd0\xb0</a>\n'
     )
-    [part] = text_parts(raw)
+    [part] = parse_message(raw).parts
     assert part.charset == "x-unknown-thing"
     assert part.text == '\udc8a\udcff\udce9 <a href="http://a.example/page">\udcd0\udcb0</a>\n'
-    out = rewrite_message(raw, track)
+    out = rewrite(raw, track)
     assert out == raw.replace(b"http://a.example/page", b"https://track.example/x/123")
     check_rewrite(raw, out, track)
 
 
 def test_us_ascii_with_8bit_bytes_is_carried_as_surrogates() -> None:
     raw = b"Content-Type: text/plain; charset=us-ascii\n\nna\xefve http://a.example/page\n"
-    assert text_parts(raw)[0].text == "na\udcefve http://a.example/page\n"
-    out = rewrite_message(raw, track)
+    assert parse_message(raw).parts[0].text == "na\udcefve http://a.example/page\n"
+    out = rewrite(raw, track)
     assert out == raw.replace(b"http://a.example/page", b"https://track.example/x/123")
 
 
 def test_no_content_type_at_all_is_text_plain() -> None:
     raw = b"Subject: hi\r\n\r\nhttp://a.example/page\r\n"
-    assert text_parts(raw) == [TextPart(0, "plain", "", "http://a.example/page\r\n")]
-    assert rewrite_message(raw, track) == b"Subject: hi\r\n\r\nhttps://track.example/x/123\r\n"
+    assert parse_message(raw).parts == (TextPart(0, "plain", "", "http://a.example/page\r\n"),)
+    assert rewrite(raw, track) == b"Subject: hi\r\n\r\nhttps://track.example/x/123\r\n"
 
 
 def test_misspelled_8bits_transfer_encoding_is_read_as_8bit() -> None:
     raw = b"Content-Type: text/html; charset=iso-8859-1\nContent-Transfer-Encoding: 8bits\n\n\xe9 x\n"
-    assert text_parts(raw)[0].text == "é x\n"
+    assert parse_message(raw).parts[0].text == "é x\n"
 
 
 def test_a_long_7bit_line_switches_the_part_to_quoted_printable() -> None:
@@ -440,7 +502,7 @@ def test_a_long_7bit_line_switches_the_part_to_quoted_printable() -> None:
         b"--b--\n"
     )
     long_url = "https://track.example/" + "t" * 60
-    out = rewrite_message(raw, lambda p: p.text.replace(URL, long_url))
+    out = rewrite(raw, lambda p: p.text.replace(URL, long_url))
     header = out[out.index(b"--b\r\n") + 5 : out.index(b"\r\n\r\n", out.index(b"--b\r\n")) + 4]
     assert header == crlf(
         b"Content-Type: text/html; charset=us-ascii\n"
@@ -454,7 +516,7 @@ def test_a_long_7bit_line_switches_the_part_to_quoted_printable() -> None:
 
 def test_a_7bit_part_gaining_8bit_text_switches_to_quoted_printable() -> None:
     raw = b"Content-Type: text/plain; charset=utf-8\n\nhttp://a.example/page\n"
-    out = rewrite_message(raw, lambda p: p.text.replace(URL, "https://t.example/ü"))
+    out = rewrite(raw, lambda p: p.text.replace(URL, "https://t.example/ü"))
     assert out == (
         b"Content-Type: text/plain; charset=utf-8\n"
         b"Content-Transfer-Encoding: quoted-printable\n"
@@ -466,7 +528,7 @@ def test_a_7bit_part_gaining_8bit_text_switches_to_quoted_printable() -> None:
 def test_text_the_charset_cannot_encode_is_an_error() -> None:
     raw = b"Content-Type: text/plain; charset=iso-8859-1\n\nhttp://a.example/page\n"
     with pytest.raises(MimeError, match="cannot encode"):
-        rewrite_message(raw, lambda p: p.text.replace(URL, "https://t.example/€"))
+        rewrite(raw, lambda p: p.text.replace(URL, "https://t.example/€"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,11 +561,11 @@ def alternative(eol: bytes) -> bytes:
 @pytest.mark.parametrize("eol", [b"\n", b"\r\n"], ids=["LF", "CRLF"])
 def test_multipart_alternative(eol: bytes) -> None:
     raw = alternative(eol)
-    parts = text_parts(raw)
+    parts = parse_message(raw).parts
     assert [(p.index, p.subtype, p.charset) for p in parts] == [(0, "plain", "utf-8"), (1, "html", "utf-8")]
     assert parts[0].text == f"Hello, go to {URL} now.{eol.decode()}"  # the last line break belongs to the delimiter
     assert parts[1].text == f'<p>Hello, <a href="{URL}">go</a> now.</p>'
-    out = rewrite_message(raw, track)
+    out = rewrite(raw, track)
     cut = raw.index(b"epilogue")
     expected = raw[:cut].replace(URL.encode(), TRACKED.encode()) + raw[cut:]
     assert out == expected
@@ -512,7 +574,7 @@ def test_multipart_alternative(eol: bytes) -> None:
 
 def test_only_the_transformed_part_changes() -> None:
     raw = alternative(b"\r\n")
-    out = rewrite_message(raw, lambda p: track(p) if p.subtype == "html" else None)
+    out = rewrite(raw, lambda p: track(p) if p.subtype == "html" else None)
     assert out == raw.replace(b'3D"http://a.example/page"', b'3D"https://track.example/x/123"')
 
 
@@ -555,8 +617,8 @@ NESTED = crlf(
 
 
 def test_nested_multipart_rewrites_the_alternative_and_leaves_attachments() -> None:
-    assert [p.subtype for p in text_parts(NESTED)] == ["plain", "html"]
-    out = rewrite_message(NESTED, track)
+    assert [p.subtype for p in parse_message(NESTED).parts] == ["plain", "html"]
+    out = rewrite(NESTED, track)
     start = NESTED.index(b"--outer-alt\r\n")
     end = NESTED.index(b"--outer-alt--")
     expected = (
@@ -592,8 +654,8 @@ FORWARDED = (
 
 
 def test_a_forwarded_message_is_never_touched() -> None:
-    assert len(text_parts(FORWARDED)) == 1
-    out = rewrite_message(FORWARDED, track)
+    assert len(parse_message(FORWARDED).parts) == 1
+    out = rewrite(FORWARDED, track)
     assert out == FORWARDED.replace(
         b"message: http://a.example/page", b"message: https://track.example/x/123"
     )
@@ -607,20 +669,20 @@ def test_digest_parts_default_to_message_rfc822() -> None:
         b"--d\nContent-Type: text/plain\n\nhttp://a.example/page\n"
         b"--d--\n"
     )
-    assert [p.text for p in text_parts(raw)] == [f"{URL}"]
+    assert [p.text for p in parse_message(raw).parts] == [f"{URL}"]
 
 
 def test_a_part_without_headers_is_text_plain() -> None:
     raw = b"Content-Type: multipart/mixed; boundary=b\n\n--b\n\nhttp://a.example/page\n--b--\n"
-    assert text_parts(raw) == [TextPart(0, "plain", "", URL)]
+    assert parse_message(raw).parts == (TextPart(0, "plain", "", URL),)
 
 
 def test_missing_close_delimiter_runs_the_last_part_to_the_end() -> None:
     raw = alternative(b"\r\n")
     raw = raw[: raw.index(b"\r\n--=_alt--")] + b"\r\n"
-    parts = text_parts(raw)
+    parts = parse_message(raw).parts
     assert parts[1].text == f'<p>Hello, <a href="{URL}">go</a> now.</p>'  # as the stdlib reads it
-    out = rewrite_message(raw, track)
+    out = rewrite(raw, track)
     assert out == raw.replace(URL.encode(), TRACKED.encode())
     check_rewrite(raw, out, track)
 
@@ -630,13 +692,13 @@ def test_delimiters_after_the_close_delimiter_are_epilogue() -> None:
         b"Content-Type: multipart/mixed; boundary=b\n\n"
         b"--b\nContent-Type: text/plain\n\none\n--b--\n--b\nContent-Type: text/plain\n\ntwo\n"
     )
-    assert [p.text for p in text_parts(raw)] == ["one"]
+    assert [p.text for p in parse_message(raw).parts] == ["one"]
 
 
 def test_a_part_of_headers_only_is_left_alone() -> None:
     raw = b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n--b--\n"
-    assert text_parts(raw) == []
-    assert rewrite_message(raw, track) is raw
+    assert parse_message(raw).parts == ()
+    assert rewrite(raw, track) is raw
 
 
 def test_empty_parts_and_parts_with_empty_bodies() -> None:
@@ -644,8 +706,8 @@ def test_empty_parts_and_parts_with_empty_bodies() -> None:
         b"Content-Type: multipart/mixed; boundary=b\n\n"
         b"--b\n--b\nContent-Type: text/html\n\n\n--b--\n"
     )
-    assert text_parts(raw) == [TextPart(0, "html", "", "")]
-    out = rewrite_message(raw, lambda p: "<p>new</p>")
+    assert parse_message(raw).parts == (TextPart(0, "html", "", ""),)
+    out = rewrite(raw, lambda p: "<p>new</p>")
     assert out == raw.replace(b"text/html\n\n\n", b"text/html\n\n<p>new</p>\n")
 
 
@@ -655,7 +717,7 @@ def test_inline_html_with_a_filename_is_rewritten() -> None:
         b'--b\nContent-Type: text/html; name="a.htm"\nContent-Disposition: inline; filename="a.htm"\n\n'
         b"http://a.example/page\n--b--\n"
     )
-    assert len(text_parts(raw)) == 1
+    assert len(parse_message(raw).parts) == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -687,9 +749,7 @@ def test_inline_html_with_a_filename_is_rewritten() -> None:
 )
 def test_broken_messages_raise_mime_error_with_a_reason(raw: bytes, reason: str) -> None:
     with pytest.raises(MimeError, match=re.escape(reason)):
-        text_parts(raw)
-    with pytest.raises(MimeError, match=re.escape(reason)):
-        rewrite_message(raw, track)
+        parse_message(raw)
 
 
 def test_a_bad_base64_attachment_is_not_our_business() -> None:
@@ -699,7 +759,7 @@ def test_a_bad_base64_attachment_is_not_our_business() -> None:
         b"--b\nContent-Type: image/png\nContent-Transfer-Encoding: base64\n\n!!not base64!!\n"
         b"--b--\n"
     )
-    assert rewrite_message(raw, track) == raw.replace(URL.encode(), TRACKED.encode())
+    assert rewrite(raw, track) == raw.replace(URL.encode(), TRACKED.encode())
 
 
 def test_nesting_too_deep_is_an_error() -> None:
@@ -708,25 +768,19 @@ def test_nesting_too_deep_is_an_error() -> None:
         b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i) for i in range(depth)
     ) + b"Content-Type: text/plain\n\nx\n"
     with pytest.raises(MimeError, match="deeper than 50"):
-        text_parts(raw)
+        parse_message(raw)
 
 
-def test_a_failing_part_stops_everything_before_any_transform_runs() -> None:
+def test_a_failing_part_fails_the_whole_message_when_parsed() -> None:
+    """Before any edit is made, so before the relay has registered a link."""
     raw = (
         b"Content-Type: multipart/alternative; boundary=b\n\n"
         b"--b\nContent-Type: text/plain\n\nhttp://a.example/page\n"
         b"--b\nContent-Type: text/html\nContent-Transfer-Encoding: base64\n\n%%%%\n"
         b"--b--\n"
     )
-    seen: list[int] = []
-
-    def spy(part: TextPart) -> str:
-        seen.append(part.index)
-        return track(part)
-
     with pytest.raises(MimeError, match=r"part 2 \(text/html\): invalid base64"):
-        rewrite_message(raw, spy)
-    assert seen == []
+        parse_message(raw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -792,9 +846,9 @@ def replace_a(part: TextPart) -> str:
 @given(messages())
 def test_random_multipart_messages(message: tuple[bytes, bytes, list[tuple[bool, bytes]]]) -> None:
     raw, eol, parts = message
-    assert rewrite_message(raw, lambda p: None) is raw
+    assert rewrite(raw, lambda p: None) is raw
     # MimeError would be allowed by the contract, but these messages are all well formed.
-    out = rewrite_message(raw, replace_a)
+    out = rewrite(raw, replace_a)
     check_rewrite(raw, out, replace_a)
     delimiter = b"--" + BOUNDARY.encode()
     before, after = raw.split(delimiter), out.split(delimiter)
@@ -828,21 +882,29 @@ INSERTS = st.lists(
     cut=st.tuples(st.floats(0, 1), st.integers(0, 6)),
     insert=INSERTS,
     eol=st.sampled_from([b"\n", b"\r\n"]),
+    whole=st.booleans(),
 )
+# What it found: an edit of the whole text encoded the lines after the change again, and a
+# lone "= " or a trailing space does not come out of the encoder as it went in.
+@example(body=b"= \r\nword ", cut=(0.0, 1), insert="", eol=b"\n", whole=True)
+@example(body=b"a\n= \n", cut=(0.0, 1), insert="", eol=b"\r\n", whole=True)
 def test_quoted_printable_of_any_shape_decodes_to_the_new_text(
-    body: bytes, cut: tuple[float, int], insert: str, eol: bytes
+    body: bytes, cut: tuple[float, int], insert: str, eol: bytes, whole: bool
 ) -> None:
-    """Odd QP (``==``, ``=\\rX``, escaped line breaks, lone ``=``) still rewrites exactly,
-    and the encoded lines wholly before and after the change are copied."""
+    """Odd QP (``==``, ``=\\rX``, escaped line breaks, lone ``=``, ``= `` before a line break)
+    still rewrites exactly, and the encoded lines wholly before and after the change are copied,
+    whether the edit is just the change or the whole text."""
     raw = (
         b"Content-Type: text/plain; charset=iso-8859-1" + eol
         + b"Content-Transfer-Encoding: quoted-printable" + eol + eol + body
     )
-    [part] = text_parts(raw)
+    parsed = parse_message(raw)
+    [part] = parsed.parts
     old = part.text
     start = int(cut[0] * len(old))
-    new = old[:start] + insert + old[start + cut[1] :]
-    out = rewrite_message(raw, lambda p: new)
+    end = min(start + cut[1], len(old))
+    new = old[:start] + insert + old[end:]
+    out = edit_message(parsed, {0: [(0, len(old), new) if whole else (start, end, insert)]})
     if new == old:
         assert out is raw
         return
@@ -854,12 +916,15 @@ def test_quoted_printable_of_any_shape_decodes_to_the_new_text(
     if not lines[-1]:
         lines.pop()
     ends = [len(binascii.a2b_qp(b"".join(lines[: k + 1]))) for k in range(len(lines))]
-    prefix = 0
-    while prefix < min(len(old), len(new)) and old[prefix] == new[prefix]:
-        prefix += 1
-    suffix = 0
-    while suffix < min(len(old), len(new)) - prefix and old[-1 - suffix] == new[-1 - suffix]:
-        suffix += 1
+    if whole:  # the change is what differs
+        prefix = 0
+        while prefix < min(len(old), len(new)) and old[prefix] == new[prefix]:
+            prefix += 1
+        suffix = 0
+        while suffix < min(len(old), len(new)) - prefix and old[-1 - suffix] == new[-1 - suffix]:
+            suffix += 1
+    else:  # the change is where the edit says (an insertion could be told apart no other way)
+        prefix, suffix = start, len(old) - end
     kept_head = [line for line, end in zip(lines[:-1], ends) if end <= prefix]
     starts = [0, *ends[:-1]]
     kept_tail = [line for line, s in zip(lines, starts) if s > len(old) - suffix]

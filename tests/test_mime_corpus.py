@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from hotclicks.errors import MimeError
-from hotclicks.mime import TextPart, edit_headers, rewrite_message, split_header, text_parts
-from tests.test_mime import check_rewrite, rewritable, stdlib
+from hotclicks.mime import TextPart, edit_headers, edit_message, parse_message, split_header
+from tests.test_mime import Edits, Transform, check_rewrite, rewritable, rewrite, stdlib
 
 pytestmark = pytest.mark.corpus
 
@@ -40,8 +40,17 @@ TRACKED = "https://track.example/c/" + "AbC0_dEf1-" * 10
 URL = re.compile(r"https?://[^\s\"'<>]+")
 
 
-def track_all(part: TextPart) -> str:
+def track_all(part: TextPart) -> Edits:
+    """Each URL replaced, one edit each, as the rewriter does it."""
+    return [(m.start(), m.end(), TRACKED) for m in URL.finditer(part.text)]
+
+
+def track_all_at_once(part: TextPart) -> str:
+    """Each URL replaced, in one edit of the whole text: edit_message finds the changes."""
     return URL.sub(TRACKED, part.text)
+
+
+TRACKINGS = pytest.mark.parametrize("track", [track_all, track_all_at_once], ids=["edits", "whole"])
 
 
 def ids(paths: list[Path]) -> list[str]:
@@ -53,10 +62,10 @@ def test_the_corpus_has_messages_and_templates() -> None:
 
 
 @pytest.mark.parametrize("path", EMLS, ids=ids(EMLS))
-def test_text_parts(path: Path) -> None:
+def test_parse_message(path: Path) -> None:
     raw = path.read_bytes()
     try:
-        parts = text_parts(raw)
+        parts = parse_message(raw).parts
     except MimeError as exc:
         assert path.name in REFUSED, f"{path.name} refused: {exc}"
         assert REFUSED[path.name] in str(exc)
@@ -70,15 +79,16 @@ def test_text_parts(path: Path) -> None:
 @pytest.mark.parametrize("path", PARSED, ids=ids(PARSED))
 def test_identity_transform_gives_the_same_bytes(path: Path) -> None:
     raw = path.read_bytes()
-    assert rewrite_message(raw, lambda part: part.text) == raw
-    assert rewrite_message(raw, lambda part: None) == raw
+    assert rewrite(raw, lambda part: part.text) == raw
+    assert edit_message(parse_message(raw), {}) == raw
 
 
+@TRACKINGS
 @pytest.mark.parametrize("path", PARSED, ids=ids(PARSED))
-def test_tracking_every_url(path: Path) -> None:
+def test_tracking_every_url(path: Path, track: Transform) -> None:
     raw = path.read_bytes()
-    out = rewrite_message(raw, track_all)
-    check_rewrite(raw, out, track_all)
+    out = rewrite(raw, track)
+    check_rewrite(raw, out, track)
     # The top-level header block is untouched, but for a single part switched to
     # quoted-printable (its 8bit lines grew past 998 octets).
     cte = ["content-transfer-encoding"]
@@ -117,15 +127,18 @@ def wrap_base64(html: bytes) -> bytes:
     )
 
 
+@TRACKINGS
 @pytest.mark.parametrize("wrap", [wrap_qp, wrap_base64], ids=["qp", "base64"])
 @pytest.mark.parametrize("path", HTMLS, ids=ids(HTMLS))
-def test_templates_wrapped_in_a_message(path: Path, wrap: Callable[[bytes], bytes]) -> None:
+def test_templates_wrapped_in_a_message(
+    path: Path, wrap: Callable[[bytes], bytes], track: Transform
+) -> None:
     raw = wrap(path.read_bytes())
-    [part] = text_parts(raw)
+    [part] = parse_message(raw).parts
     assert part.subtype == "html"
-    assert rewrite_message(raw, lambda p: p.text) == raw
-    out = rewrite_message(raw, track_all)
-    check_rewrite(raw, out, track_all)
+    assert rewrite(raw, lambda p: p.text) == raw
+    out = rewrite(raw, track)
+    check_rewrite(raw, out, track)
     body = split_header(out)[1]
     if wrap is wrap_qp:
         lines = body.split(b"\r\n")

@@ -125,7 +125,7 @@ def test_the_same_prefix_in_two_lists_answers_for_the_first():
 
 def test_the_shipped_lists_parse_and_hold_what_their_header_says():
     shipped = {n.name: n for n in networks.shipped_lists()}
-    assert {"microsoft-eop", "apple-private-relay", "google-image-proxy"} <= set(shipped)
+    assert {"microsoft-eop", "apple-private-relay", "google-image-proxy", "cloudflare-email-security"} <= set(shipped)
     data = Path(networks.__file__).parent / "data" / "networks"
     for name, network_list in shipped.items():
         assert (data / f"{name}.txt").is_file()
@@ -138,6 +138,8 @@ def test_the_shipped_lists_parse_and_hold_what_their_header_says():
     assert found.match("2a01:111:f403::25") == NetworkMatch("microsoft-eop", KIND_SCANNER)
     assert found.match("::ffff:52.100.1.1") == NetworkMatch("microsoft-eop", KIND_SCANNER)
     assert found.match("66.249.93.10") == NetworkMatch("google-image-proxy", KIND_IMAGE_PROXY)
+    assert found.match("104.30.40.7") == NetworkMatch("cloudflare-email-security", KIND_SCANNER)
+    assert found.match("2405:8100:c400::25") == NetworkMatch("cloudflare-email-security", KIND_SCANNER)
     assert found.match("17.58.1.1") == NetworkMatch("apple-network", KIND_APPLE_RELAY)
     relay = shipped["apple-private-relay"].networks
     assert found.match(str(relay[0].network_address)) == NetworkMatch("apple-private-relay", KIND_APPLE_RELAY)

@@ -54,15 +54,19 @@ def send(relay, message: bytes, to=("ann@example.org",)) -> None:
     relay.wait_idle()
 
 
-def presigned(key_path) -> bytes:
-    """A newsletter the sender signed itself (with another selector)."""
+def presigned(key_path, signed=(b"From", b"Subject")) -> bytes:
+    """A newsletter the sender signed itself (with another selector), over the fields ``signed``."""
     raw = newsletter()
-    return dkim.sign(raw, b"sender", b"shop.example", key_path.read_bytes(), include_headers=[b"From", b"Subject"]) + raw
+    return dkim.sign(raw, b"sender", b"shop.example", key_path.read_bytes(), include_headers=list(signed)) + raw
 
 
 def incidents(sessions) -> list[str]:
     with sessions() as session:
         return [i.kind for i in session.scalars(select(RelayIncident).order_by(RelayIncident.id))]
+
+
+def senders_signature_verifies(data: bytes, record: bytes) -> bool:
+    return dkim.verify(data, dnsfunc=dns_for(record, b"sender._domainkey.shop.example"))
 
 
 def test_relayed_messages_are_signed_after_rewriting_and_verify(engine, relay_config, upstream, key_pair):
@@ -79,13 +83,27 @@ def test_relayed_messages_are_signed_after_rewriting_and_verify(engine, relay_co
         assert dkim.verify(received.data, dnsfunc=dns_for(record, b"hc._domainkey.shop.example"))
 
 
-def test_a_signed_message_is_left_unchanged_and_untracked_without_a_key(relay, upstream, sessions, key_pair):
+def test_a_signed_message_is_forwarded_untracked_without_a_key_less_its_marks(relay, upstream, sessions, key_pair):
     raw = presigned(key_pair[0])
+    assert senders_signature_verifies(raw, key_pair[1])
     send(relay, raw)
-    assert upstream.messages[0].data == raw
+    data = upstream.messages[0].data
+    assert data == raw.replace(b"X-HotClicks-Delivery: spring-news\r\n", b"")  # its signature does not cover them
+    assert senders_signature_verifies(data, key_pair[1])
     with sessions() as session:
         assert session.scalars(select(Message)).all() == []
     assert incidents(sessions) == ["dkim-kept"]
+
+
+def test_marks_the_senders_signature_covers_are_forwarded_and_an_incident_says_so(relay, upstream, sessions, key_pair):
+    raw = presigned(key_pair[0], (b"From", b"Subject", b"X-HotClicks-Delivery"))
+    send(relay, raw)
+    data = upstream.messages[0].data
+    assert data == raw and senders_signature_verifies(data, key_pair[1])
+    assert incidents(sessions) == ["dkim-kept", "marks-kept"]
+    with sessions() as session:
+        reason = session.scalars(select(RelayIncident.reason).where(RelayIncident.kind == "marks-kept")).one()
+    assert "X-HotClicks-Delivery" in reason and "DKIM" in reason
 
 
 def test_a_signed_message_can_be_stripped_and_tracked(engine, relay_config, upstream, sessions, key_pair):
@@ -127,7 +145,7 @@ def test_a_rewrite_worker_renders_each_copy_complete_its_fields_and_a_signature_
     message = newsletter()
     parsed, scanned = scan_message(message, options)
     targets = {(s.name, link.key): (100 + i, link.url) for s in scanned for i, link in enumerate(s.links)}
-    draft = Draft(message, parsed, scanned, marketing=True, mailto="leave@shop.example")
+    draft = Draft(message, parsed, scanned, list_unsubscribe=True, mailto="leave@shop.example")
     renderer = CopyRenderer(maker, workers=1)
     try:
         renderer.start()

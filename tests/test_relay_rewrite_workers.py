@@ -18,7 +18,7 @@ from smtp_relay.decide import LinkOptions, scan_message
 from smtp_relay.render import CopyMaker, CopyRenderer, Draft
 
 from .conftest import SECRET_KEY, free_port
-from .helpers import BASE_URL, accepts, cli_relay, newsletter, tracked_hrefs
+from .helpers import BASE_URL, accepts, alive, cli_relay, newsletter, tracked_hrefs
 
 PATIENCE = 60
 
@@ -42,14 +42,6 @@ def descendants(pid: int) -> set[int]:
             except OSError:  # the task ended meanwhile
                 pass
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def wait_until(condition, timeout: float = PATIENCE) -> bool:

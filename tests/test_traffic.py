@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("flask_mailman", reason="the example app needs flask-mailman (pip install -e '.[example]')")
 
 from example_app import traffic  # noqa: E402
+from hotclicks import networks  # noqa: E402
 
 LINKS = [f"https://shop.example/{i}" for i in range(8)]
 RECIPIENTS = [f"r{i}@example.org" for i in range(1500)]
@@ -71,6 +72,17 @@ def test_people_come_from_documentation_addresses_and_named_networks_from_their_
             assert within(event.address, "people")
         elif event.behaviour in ("safe-links-check", "scan-at-delivery", "scan-delayed"):
             assert within(event.address, "microsoft-eop")
+
+
+def test_gateways_come_from_their_shipped_list_or_from_addresses_no_list_holds():
+    index = networks.network_index()
+    for gateway, shipped in (("microsoft-eop", "microsoft-eop"), ("proofpoint", None), ("mimecast", None),
+                             ("barracuda", None)):
+        for cidr in traffic.NETWORKS[gateway]:
+            net = ipaddress.ip_network(cidr)
+            for address in (net.network_address, net.broadcast_address):
+                found = index.match(address)
+                assert (found and found.name) == shipped, (gateway, cidr)
 
 
 def test_each_safe_links_click_is_checked_by_microsoft_a_moment_before(events):

@@ -89,6 +89,7 @@ _NETWORK = bots.REASON_NETWORK + ":"
 @dataclass(slots=True)
 class _MessageFacts:
     execution_id: int
+    recipient_id: int
     delivered_at: dt.datetime
     tracking_opt_out: bool
     clicks: list[_StoredClick] = field(default_factory=list)
@@ -112,6 +113,7 @@ def _message_facts(
         select(
             Message.id,
             Message.execution_id,
+            Message.recipient_id,
             Message.sent_at,
             Message.created_at,
             Recipient.tracking_opt_out,
@@ -128,10 +130,10 @@ def _message_facts(
         .where(Message.id.in_(ids))
     )
     facts: dict[int, _MessageFacts] = {}
-    for mid, execution_id, sent_at, created_at, opt_out, click_id, url_id, at, machine, reason, network, device in session.execute(query):
+    for mid, execution_id, recipient_id, sent_at, created_at, opt_out, click_id, url_id, at, machine, reason, network, device in session.execute(query):
         fact = facts.get(mid)
         if fact is None:
-            fact = facts[mid] = _MessageFacts(execution_id, sent_at or created_at, bool(opt_out))
+            fact = facts[mid] = _MessageFacts(execution_id, recipient_id, sent_at or created_at, bool(opt_out))
         if click_id is not None:
             fact.clicks.append(_StoredClick(click_id, url_id, at, bool(machine), reason, network, device))
     return facts
@@ -236,6 +238,7 @@ def record_clicks(
                                         click.reason, verdict.is_machine, verdict.reason, click.device))
         for index, verdict in zip(indexes, judged[len(stored):]):
             verdicts[index] = verdict
+    _judge_fleets(session, events, verdicts, facts, changed, rules)
     rows: list[dict[str, Any]] = []
     for event, verdict in zip(events, verdicts):
         if verdict is None:
@@ -264,6 +267,64 @@ def record_clicks(
         )
         apply_rejudged(session, changed)
     return verdicts
+
+
+#: Clients (stored network prefixes) this process last found to be fleets: their later clicks, early
+#: or not, have the fleet judged again, so that a company's NAT stops being one as its people click.
+_FLEET_CLIENTS: set[str] = set()
+
+
+def _judge_fleets(
+    session: Session | Connection,
+    events: Sequence[ClickEvent],
+    verdicts: list[bots.Verdict | None],
+    facts: dict[int, _MessageFacts],
+    changed: list[Rejudged],
+    rules: bots.BotRules,
+) -> None:
+    """The fleet rule (``bots.fleet_keys``): one client clicking many recipients' messages just
+    after their delivery. Judged when the batch has such an early click (or a click of a client
+    found a fleet before), over the client's clicks of the last ``fleet_history_seconds``; its
+    verdicts may go back (a NAT whose people click later stops being a fleet)."""
+    if rules.fleet_share <= 0 or rules.fleet_recipients < 1:
+        return
+    early = dt.timedelta(seconds=rules.fleet_delivery_seconds)
+    clients = {
+        event.ip
+        for event, verdict in zip(events, verdicts)
+        if verdict is not None and event.ip and not facts[event.message_id].tracking_opt_out and bots.may_be_fleet(event.ip)
+        and (event.ip in _FLEET_CLIENTS or (not verdict.is_machine and event.at - facts[event.message_id].delivered_at <= early))
+    }
+    if not clients:
+        return
+    since = min(e.at for e in events) - bots.fleet_window(rules)
+    stored = session.execute(
+        select(Click.id, Click.ip, Message.recipient_id, Click.clicked_at, Message.sent_at, Message.created_at,
+               Click.is_machine, Click.machine_reason, Click.tracked_url_id, Click.message_id, Click.device)
+        .join(Message, Message.id == Click.message_id)
+        .where(Click.ip.in_(sorted(clients)), Click.clicked_at >= since)
+    ).all()
+    rows = [bots.FleetRow(ip, recipient, at, sent or created) for _, ip, recipient, at, sent, created, *_ in stored]
+    batch = [
+        (index, bots.FleetRow(event.ip, facts[event.message_id].recipient_id, event.at, facts[event.message_id].delivered_at))
+        for index, event in enumerate(events)
+        if verdicts[index] is not None and event.ip in clients and not facts[event.message_id].tracking_opt_out
+    ]
+    fleets = bots.fleet_keys(rows + [row for _, row in batch], rules)
+    _FLEET_CLIENTS.difference_update(clients)
+    _FLEET_CLIENTS.update(fleets)
+    fleet = bots.Verdict(True, bots.REASON_FLEET)
+    for index, row in batch:
+        if not verdicts[index].is_machine and bots.is_fleet(row, fleets, rules):  # type: ignore[union-attr]
+            verdicts[index] = fleet
+    known = {c.click_id for c in changed}
+    for (click_id, ip, recipient, at, sent, created, machine, reason, url_id, message_id, device), row in zip(stored, rows):
+        if click_id in known:
+            continue
+        if not machine and bots.is_fleet(row, fleets, rules):
+            changed.append(Rejudged(click_id, url_id, message_id, at, False, reason, True, bots.REASON_FLEET, device))
+        elif machine and reason == bots.REASON_FLEET and not bots.is_fleet(row, fleets, rules):
+            changed.append(Rejudged(click_id, url_id, message_id, at, True, reason, False, None, device))
 
 
 def _may_cover_every_link(stored: Sequence[_StoredClick], new: Sequence[ClickEvent], rules: bots.BotRules) -> bool:

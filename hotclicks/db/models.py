@@ -248,7 +248,11 @@ class Click(Base):
     """
 
     __tablename__ = "hotclicks_click"
-    __table_args__ = (Index("ix_hotclicks_click_tracked_url_id_message_id", "tracked_url_id", "message_id"),)
+    __table_args__ = (
+        Index("ix_hotclicks_click_tracked_url_id_message_id", "tracked_url_id", "message_id"),
+        # The fleet rule reads one client's clicks of the last day (hotclicks.db.events).
+        Index("ix_hotclicks_click_ip_clicked_at", "ip", "clicked_at"),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     message_id: Mapped[int | None] = mapped_column(ForeignKey("hotclicks_message.id"), index=True)

@@ -1,4 +1,4 @@
-"""client networks on clicks and opens, and the events per bot-rule reason
+"""client networks on clicks and opens, the events per bot-rule reason, clicks by client and time
 
 Revision ID: 0004
 Revises: 0003
@@ -20,6 +20,7 @@ depends_on: Union[str, Sequence[str], None] = None
 def upgrade() -> None:
     with op.batch_alter_table('hotclicks_click') as batch:
         batch.add_column(sa.Column('network', sa.String(length=64), nullable=True))
+    op.create_index('ix_hotclicks_click_ip_clicked_at', 'hotclicks_click', ['ip', 'clicked_at'])
     with op.batch_alter_table('hotclicks_open') as batch:
         batch.add_column(sa.Column('network', sa.String(length=64), nullable=True))
     op.create_table('hotclicks_reason_stats',
@@ -53,5 +54,6 @@ def downgrade() -> None:
     op.drop_table('hotclicks_reason_stats')
     with op.batch_alter_table('hotclicks_open') as batch:
         batch.drop_column('network')
+    op.drop_index('ix_hotclicks_click_ip_clicked_at', table_name='hotclicks_click')
     with op.batch_alter_table('hotclicks_click') as batch:
         batch.drop_column('network')
