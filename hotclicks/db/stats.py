@@ -727,10 +727,11 @@ def reason_figures(session: Session, execution_ids: Sequence[int]) -> dict[int, 
     in_ids = ", ".join(str(int(i)) for i in ids)
     for execution_id, reason, n in session.execute(
         tail_text(
-            "SELECT g.execution_id, o.machine_reason, COUNT(*) FROM hotclicks_open o "
-            "JOIN hotclicks_message g ON g.id = o.message_id "
-            f"WHERE o.id > :w AND g.execution_id IN ({in_ids}) AND o.machine_reason IS NOT NULL "
-            "GROUP BY g.execution_id, o.machine_reason"
+            # The tail first, through the primary key, then its messages (as the other tails).
+            "SELECT g.execution_id, b.r, SUM(b.n) FROM (SELECT +message_id AS m, machine_reason AS r, "
+            "COUNT(*) AS n FROM hotclicks_open WHERE id > :w AND machine_reason IS NOT NULL "
+            "GROUP BY +message_id, machine_reason) b JOIN hotclicks_message g ON g.id = b.m "
+            f"WHERE g.execution_id IN ({in_ids}) GROUP BY g.execution_id, b.r"
         ),
         {"w": marks["open"]},
     ):
