@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import BigInteger, case, func, literal, or_, select, text
+from sqlalchemy import BigInteger, func, literal, or_, select, text
 from sqlalchemy.orm import Session
 
 from .. import bots, devices, heat
@@ -390,16 +391,15 @@ def execution_figures(session: Session, executions: Sequence[Execution]) -> dict
         f = figures[row.execution_id]
         f.clicks, f.clickers, f.machine_clicks = row.clicks, row.clickers, row.machine_clicks
         f.opens, f.openers = row.opens, row.openers
-    for execution_id, sent, delivered, failed in session.execute(
-        select(
-            Message.execution_id,
-            func.count(case((Message.status != MessageStatus.SUPPRESSED, 1))),
-            func.count(case((Message.status == MessageStatus.SENT, 1))),
-            func.count(case((Message.status == MessageStatus.FAILED, 1))),
-        ).where(Message.execution_id.in_(ids)).group_by(Message.execution_id)
+    # Grouped by status, so that the (execution, status) index alone answers.
+    for execution_id, status, n in session.execute(
+        select(Message.execution_id, Message.status, func.count())
+        .where(Message.execution_id.in_(ids)).group_by(Message.execution_id, Message.status)
     ):
         f = figures[execution_id]
-        f.sent, f.delivered, f.failed = sent, delivered, failed
+        f.sent += n if status != MessageStatus.SUPPRESSED else 0
+        f.delivered += n if status == MessageStatus.SENT else 0
+        f.failed += n if status == MessageStatus.FAILED else 0
     for execution_id, n in session.execute(
         select(Message.execution_id, func.count(OptOut.id))
         .join(OptOut, OptOut.message_id == Message.id)
@@ -624,16 +624,15 @@ def execution_messages(
 ) -> tuple[list[tuple[Message, str]], int]:
     """The execution's messages with their recipient's address, by id, and how many match: those
     whose address contains ``search`` and whose status is ``status`` (any when not a status)."""
-    statement = (
-        select(Message, Recipient.address)
-        .join(Recipient, Recipient.id == Message.recipient_id)
-        .where(Message.execution_id == execution.id)
-    )
-    if search:
-        statement = statement.where(Recipient.address.contains(search, autoescape=True))
+    conditions: list[Any] = [Message.execution_id == execution.id]
     if status in {s.value for s in MessageStatus}:
-        statement = statement.where(Message.status == MessageStatus(status))
-    count = session.scalar(select(func.count()).select_from(statement.subquery())) or 0
+        conditions.append(Message.status == MessageStatus(status))
+    counted = select(func.count(Message.id)).where(*conditions)
+    if search:  # only then is the recipient needed to count: an index of the log counts the rest
+        conditions.append(Recipient.address.contains(search, autoescape=True))
+        counted = counted.join(Recipient, Recipient.id == Message.recipient_id).where(conditions[-1])
+    count = session.scalar(counted) or 0
+    statement = select(Message, Recipient.address).join(Recipient, Recipient.id == Message.recipient_id).where(*conditions)
     rows = session.execute(statement.order_by(Message.id).limit(limit).offset(offset or None)).all()
     return [(m, address) for m, address in rows], count
 
