@@ -72,15 +72,19 @@ def plan(messages: Iterable[bytes], base_url: str, seed: int = 7) -> list[Reques
     rng = random.Random(seed)
     tracked = re.compile(re.escape(base_url) + r"/c/[A-Za-z0-9_-]+")
     pixel = re.compile(re.escape(base_url) + r"/o/[A-Za-z0-9_-]+")
+    # The hidden trap link the relay adds: a scanner follows it with the others, a person never sees it.
+    trap = re.compile(r'<a href="(' + re.escape(base_url) + r'/c/[A-Za-z0-9_-]+)" style="display:none')
     requests: list[Request] = []
     for data in messages:
         html, headers = _html_of(data)
-        links = list(dict.fromkeys(tracked.findall(html)))
+        every = list(dict.fromkeys(tracked.findall(html)))
+        hidden = set(trap.findall(html))
+        links = [url for url in every if url not in hidden]
         if not links:
             continue
         if rng.random() < P_SCANNED:
-            requests += [Request("HEAD", url, SCANNER_AGENT, "scanner") for url in links]
-            requests += [Request("GET", url, SCANNER_AGENT, "scanner") for url in links]
+            requests += [Request("HEAD", url, SCANNER_AGENT, "scanner") for url in every]
+            requests += [Request("GET", url, SCANNER_AGENT, "scanner") for url in every]
         if rng.random() >= P_OPEN:
             continue
         for url in pixel.findall(html)[:1]:
