@@ -30,6 +30,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from . import networks
+
 __all__ = [
     "APPLE_MPP_AGENT",
     "DEFAULT_RULES",
@@ -68,10 +70,10 @@ REASON_APPLE_MPP = "apple-mpp"
 #: Not a machine's: a people's open made through an image proxy (``Verdict(False, "proxy")``).
 REASON_PROXY = "proxy"
 
-#: Kinds of network list (:mod:`hotclicks.networks`) the rules know.
-NETWORK_SCANNER = "scanner"
-NETWORK_IMAGE_PROXY = "image-proxy"
-NETWORK_APPLE_RELAY = "apple-relay"
+#: Kinds of network list the rules know, as :mod:`hotclicks.networks` declares them.
+NETWORK_SCANNER = networks.KIND_SCANNER
+NETWORK_IMAGE_PROXY = networks.KIND_IMAGE_PROXY
+NETWORK_APPLE_RELAY = networks.KIND_APPLE_RELAY
 
 
 #: Known scanners and proxies, as (name, regular expression over the user agent). Checked in
